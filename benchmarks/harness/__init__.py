@@ -1,0 +1,1 @@
+"""The on-device benchmark harness: standard library, numpy and a TFLite runtime only."""

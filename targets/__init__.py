@@ -1,0 +1,1 @@
+"""Built-in target profiles, as TOML data files (installed as ``edgec.targets``)."""

@@ -1,0 +1,1 @@
+"""Deploy and benchmark on devices: the transport protocol, SSH and local transports."""

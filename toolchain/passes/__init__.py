@@ -1,0 +1,1 @@
+"""Compression passes over Keras models, one module per technique; see ``edgec.recipe``."""
