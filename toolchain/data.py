@@ -223,9 +223,9 @@ def _check(ds: Dataset, input_shape: tuple[int, ...]) -> None:
         if len(x) == 0:
             raise InputError(f"data {ds.source}: {name} is empty")
         if not np.all(np.isfinite(x)):
-            bad = np.argwhere(~np.isfinite(x))[0]
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
             raise InputError(
-                f"data {ds.source}: {name} contains NaN or infinity (first at index {tuple(bad)})"
+                f"data {ds.source}: {name} contains NaN or infinity (first at index {bad})"
             )
         got = tuple(x.shape[1:])
         if len(got) != len(input_shape) or any(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import InputError
+from edgec.quiet import quiet_fds
 
 _PROBE = r"""
 import sys
@@ -109,7 +110,8 @@ class TFLiteModel:
         cls, self.runtime_name = interpreter_class()
         self.content = content
         self._cls, self._threads = cls, threads
-        self.interpreter = cls(model_content=content, num_threads=threads)
+        with quiet_fds():  # LiteRT announces its XNNPACK delegate on stderr
+            self.interpreter = cls(model_content=content, num_threads=threads)
         self.inputs = [_info(d) for d in self.interpreter.get_input_details()]
         self.outputs = [_info(d) for d in self.interpreter.get_output_details()]
         self._batch = 1
@@ -124,6 +126,8 @@ class TFLiteModel:
                 self.interpreter = cls(model_content=content, num_threads=threads)
         if self._batch == 1:
             self.interpreter.allocate_tensors()
+        with quiet_fds():  # LiteRT announces its XNNPACK delegate at the first invoke
+            self.interpreter.invoke()
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         info = self.inputs[0]

@@ -1,0 +1,516 @@
+"""The on-device benchmark harness: one TFLite model in, one JSON document out.
+
+This file is copied alone to a device and run there as ``python harness.py
+MODEL [options]``. It must only need the standard library, numpy and one TFLite
+runtime, so it never imports edgec, click or TensorFlow (a test checks that).
+
+Method (after TFLite's ``benchmark_model``): the model is loaded (init time),
+run once (first inference), run ``--warmup-runs`` times and at least
+``--warmup-min-secs`` (discarded, reported as a mean), then run ``--runs``
+times, at least ``--min-secs`` and at most ``--max-secs`` (steady state). Only
+``invoke()`` is inside the timed region; inputs are set once before it, so the
+harness does not measure its own copies. Raw steady-state samples are kept.
+
+Runtimes, in order of preference for ``--runtime auto``: ``ai_edge_litert``,
+``tflite_runtime``, then ``tflite_micro`` (the TFLM interpreter, for
+microcontroller artifacts run on a Linux host). The JSON says which one ran.
+
+Output: the JSON document on stdout (or ``--out FILE``); progress lines on
+stderr, each starting with ``edgec-harness:``, so a host can stream them.
+Exit codes: 0 ok, 2 bad arguments or inputs, 3 the model cannot be loaded or
+run, 4 no usable runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from typing import Any
+
+SCHEMA = "edgec.harness/1"
+RUNTIMES = ("auto", "litert", "tflite_runtime", "tflm")
+PROGRESS_PREFIX = "edgec-harness:"
+
+
+class HarnessError(Exception):
+    """A failure reported as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def log(message: str) -> None:
+    print(f"{PROGRESS_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ memory
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _maxrss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def rss_bytes() -> int | None:
+    return _status_bytes("VmRSS")
+
+
+def peak_rss() -> tuple[int | None, str]:
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm, "VmHWM"
+    return _maxrss_bytes(), "ru_maxrss"
+
+
+# ----------------------------------------------------------------- runtimes
+def _version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+class Runner:
+    """One loaded model behind a small interface common to every runtime."""
+
+    runtime: str
+    version: str
+    threads: int
+    # TFLM's memory planner reuses the input buffers for intermediates, so an
+    # invoke clobbers the inputs: they are set again (untimed) before each run.
+    inputs_clobbered = False
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def set_inputs(self, arrays: list[Any]) -> None:
+        raise NotImplementedError
+
+    def invoke(self) -> None:
+        raise NotImplementedError
+
+    def outputs(self) -> list[Any]:
+        raise NotImplementedError
+
+    def op_profile(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class InterpreterRunner(Runner):
+    """The TFLite/LiteRT ``Interpreter`` (ai_edge_litert or tflite_runtime)."""
+
+    def __init__(self, cls: Any, runtime: str, version: str, content: bytes, threads: int) -> None:
+        self.runtime, self.version, self.threads = runtime, version, threads
+        self._it = cls(model_content=content, num_threads=threads)
+        self._it.allocate_tensors()
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        import numpy as np
+
+        return [
+            {"name": d["name"], "shape": [int(s) for s in d["shape"]],
+             "dtype": np.dtype(d["dtype"]).name}
+            for d in self._in
+        ]
+
+    def set_inputs(self, arrays: list[Any]) -> None:
+        for detail, array in zip(self._in, arrays, strict=True):
+            self._it.set_tensor(detail["index"], array)
+
+    def invoke(self) -> None:
+        self._it.invoke()
+
+    def outputs(self) -> list[Any]:
+        return [self._it.get_tensor(d["index"]) for d in self._out]
+
+    def op_profile(self) -> dict[str, Any]:
+        # Neither LiteRT's nor tflite_runtime's Python Interpreter exposes the
+        # C++ op profiler; say so rather than invent numbers. The op list is
+        # the interpreter's own execution plan (delegated nodes appear as one
+        # DELEGATE node), which is static information, not timing.
+        ops: dict[str, int] = {}
+        try:
+            for op in self._it._get_ops_details():
+                ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+        except Exception:
+            ops = {}
+        return {
+            "available": False,
+            "reason": f"the {self.runtime} Python API exposes no per-op timings; "
+            "use benchmark_model --enable_op_profiling=true on the device",
+            "execution_plan_ops": ops,
+        }
+
+
+class MicroRunner(Runner):
+    """The TFLM interpreter (``tflite_micro``): single-threaded, arena-based."""
+
+    def __init__(self, runtime_mod: Any, version: str, content: bytes, arena: int | None) -> None:
+        self.runtime, self.version, self.threads = "tflm", version, 1
+        self.inputs_clobbered = True
+        self._it = runtime_mod.Interpreter.from_bytes(content, arena_size=arena)
+        # TFLM has no count call; its own flatbuffer reader knows the graph's I/O.
+        graph = runtime_mod.convert_bytearray_to_object(bytearray(content)).subgraphs[0]
+        self._n_in, self._n_out = len(graph.inputs), len(graph.outputs)
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        import numpy as np
+
+        specs = []
+        for i in range(self._n_in):
+            d = self._it.get_input_details(i)
+            specs.append({"name": f"input_{i}", "shape": [int(s) for s in d["shape"]],
+                          "dtype": np.dtype(d["dtype"]).name})
+        return specs
+
+    def set_inputs(self, arrays: list[Any]) -> None:
+        for i, array in enumerate(arrays):
+            self._it.set_input(array, i)
+
+    def invoke(self) -> None:
+        self._it.invoke()
+
+    def outputs(self) -> list[Any]:
+        return [self._it.get_output(i) for i in range(self._n_out)]
+
+    def op_profile(self) -> dict[str, Any]:
+        return {
+            "available": False,
+            "reason": "the tflite_micro Python API exposes no per-op timings",
+            "execution_plan_ops": {},
+        }
+
+
+def _load_litert() -> tuple[Any, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter, _version("ai-edge-litert")
+
+
+def _load_tflite_runtime() -> tuple[Any, str]:
+    from tflite_runtime.interpreter import Interpreter
+
+    return Interpreter, _version("tflite-runtime")
+
+
+def _load_tflm() -> tuple[Any, str]:
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime, _version("tflite-micro")
+
+
+_LOADERS = {"litert": _load_litert, "tflite_runtime": _load_tflite_runtime, "tflm": _load_tflm}
+
+
+def import_runtime(choice: str) -> tuple[str, Any, str]:
+    """Import the requested runtime (or the first available one): (name, module, version)."""
+    order = ["litert", "tflite_runtime", "tflm"] if choice == "auto" else [choice]
+    errors = []
+    for name in order:
+        try:
+            obj, version = _LOADERS[name]()
+            return name, obj, version
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise HarnessError(
+        "no TFLite runtime could be imported ("
+        + "; ".join(errors)
+        + "); install one with: pip install ai-edge-litert",
+        4,
+    )
+
+
+def make_runner(name: str, obj: Any, version: str, content: bytes, threads: int,
+                arena: int | None) -> Runner:
+    try:
+        if name == "tflm":
+            return MicroRunner(obj, version, content, arena)
+        return InterpreterRunner(obj, name, version, content, threads)
+    except (ValueError, RuntimeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise HarnessError(f"the {name} runtime cannot load this model: {first}", 3) from exc
+
+
+# ------------------------------------------------------------------- inputs
+def random_inputs(specs: list[dict[str, Any]], seed: int) -> list[Any]:
+    """Seeded inputs in each tensor's own dtype: floats in [-1, 1], integers in int8 range."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        dtype = np.dtype(spec["dtype"])
+        shape = spec["shape"]
+        if np.issubdtype(dtype, np.floating):
+            arrays.append(rng.uniform(-1.0, 1.0, shape).astype(dtype))
+        elif np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            low, high = max(int(info.min), -128), min(int(info.max), 127)
+            arrays.append(rng.integers(low, high + 1, shape).astype(dtype))
+        elif dtype == np.bool_:
+            arrays.append(rng.integers(0, 2, shape).astype(np.bool_))
+        else:
+            arrays.append(np.zeros(shape, dtype))
+    return arrays
+
+
+def file_inputs(path: str, specs: list[dict[str, Any]]) -> list[Any]:
+    """Inputs from a .npy (one input) or .npz (by tensor name, else in order) file."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"--input {path}: cannot read a .npy/.npz file ({exc})", 2) from exc
+    if isinstance(loaded, np.ndarray):
+        raw = [loaded]
+    else:
+        keys = list(loaded.files)
+        names = [s["name"] for s in specs]
+        raw = [loaded[n] for n in names] if all(n in keys for n in names) else [
+            loaded[k] for k in keys
+        ]
+    if len(raw) != len(specs):
+        raise HarnessError(
+            f"--input {path}: has {len(raw)} array(s), the model has {len(specs)} input(s)", 2
+        )
+    arrays = []
+    for array, spec in zip(raw, specs, strict=True):
+        shape = list(spec["shape"])
+        if array.shape != tuple(shape) and array.shape == tuple(shape[1:]):
+            array = array[None]  # one sample without its batch axis
+        if list(array.shape) != shape:
+            raise HarnessError(
+                f"--input {path}: array for {spec['name']!r} has shape {list(array.shape)}, "
+                f"the model wants {shape}",
+                2,
+            )
+        arrays.append(np.ascontiguousarray(array.astype(spec["dtype"], copy=False)))
+    return arrays
+
+
+# -------------------------------------------------------------- statistics
+def summarize(samples_ms: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    if not samples_ms:
+        return {"count": 0}
+    a = np.asarray(samples_ms, dtype=np.float64)
+    pct = np.percentile(a, [50, 90, 99])
+    return {
+        "count": len(samples_ms),
+        "mean_ms": float(a.mean()),
+        "std_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "min_ms": float(a.min()),
+        "p50_ms": float(pct[0]),
+        "p90_ms": float(pct[1]),
+        "p99_ms": float(pct[2]),
+        "max_ms": float(a.max()),
+        "samples_ms": [round(x, 6) for x in samples_ms],
+    }
+
+
+def checksum(outputs: list[Any]) -> dict[str, Any]:
+    h = hashlib.sha256()
+    total = 0.0
+    for out in outputs:
+        h.update(str(out.dtype).encode())
+        h.update(str(list(out.shape)).encode())
+        h.update(out.tobytes())
+        total += float(out.astype("float64").sum())
+    return {"sha256": h.hexdigest(), "sum": total}
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+# -------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="harness.py", description="Benchmark one TFLite model; print one JSON document."
+    )
+    p.add_argument("model", help="path to the .tflite file")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    p.add_argument("--warmup-runs", type=int, default=1)
+    p.add_argument("--warmup-min-secs", type=float, default=0.0)
+    p.add_argument("--runs", type=int, default=50, help="steady-state runs (default 50)")
+    p.add_argument("--min-secs", type=float, default=0.0,
+                   help="run at least this long, even past --runs")
+    p.add_argument("--max-secs", type=float, default=150.0,
+                   help="stop after this long, even before --runs (0: no limit)")
+    p.add_argument("--input", help="a .npy or .npz file of inputs (default: seeded random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arena-bytes", type=int, default=None, help="TFLM tensor arena size")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="kill this process after this many seconds (0: never)")
+    p.add_argument("--out", help="write the JSON here instead of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.runs < 1 or args.warmup_runs < 0:
+        p.error("--threads and --runs must be >= 1, --warmup-runs >= 0")
+    return args
+
+
+def _arm_watchdog(seconds: float) -> None:
+    # SIGALRM's default action ends the process even while it is stuck inside
+    # the runtime's C++ code, where a Python-level handler would never run.
+    if seconds > 0 and hasattr(signal, "alarm"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(max(1, math.ceil(seconds)))
+
+
+def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
+    """Run the whole method and return the JSON document as a dict."""
+    import numpy as np
+
+    if not os.path.isfile(args.model):
+        raise HarnessError(f"model file {args.model} does not exist", 2)
+    name, obj, version = import_runtime(args.runtime)
+    say(f"runtime {name} {version}")
+    rss_before = rss_bytes()
+
+    with open(args.model, "rb") as fh:
+        content = fh.read()
+    t0 = time.perf_counter_ns()
+    runner = make_runner(name, obj, version, content, args.threads, args.arena_bytes)
+    init_ms = (time.perf_counter_ns() - t0) / 1e6
+    rss_after = rss_bytes()
+    say(f"loaded {len(content)} bytes in {init_ms:.1f} ms")
+
+    specs = runner.input_specs()
+    arrays = file_inputs(args.input, specs) if args.input else random_inputs(specs, args.seed)
+    runner.set_inputs(arrays)
+
+    def run_once() -> float:
+        if runner.inputs_clobbered:
+            runner.set_inputs(arrays)
+        return _timed(runner.invoke)
+
+    try:
+        first_ms = run_once()
+        warm: list[float] = []
+        start = time.perf_counter()
+        while len(warm) < args.warmup_runs or time.perf_counter() - start < args.warmup_min_secs:
+            warm.append(run_once())
+        if warm:
+            say(f"warm-up {len(warm)} runs, mean {sum(warm) / len(warm):.3f} ms")
+
+        samples: list[float] = []
+        start = time.perf_counter()
+        next_report = start + 1.0
+        while True:
+            samples.append(run_once())
+            now = time.perf_counter()
+            elapsed = now - start
+            if now >= next_report:
+                say(f"run {len(samples)}/{args.runs} ({elapsed:.1f} s)")
+                next_report = now + 1.0
+            if args.max_secs > 0 and elapsed >= args.max_secs:
+                break
+            if len(samples) >= args.runs and elapsed >= args.min_secs:
+                break
+        # The checksum comes from one more, untimed run on freshly set inputs.
+        runner.set_inputs(arrays)
+        runner.invoke()
+        outputs = runner.outputs()
+    except (ValueError, RuntimeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise HarnessError(f"the {name} runtime failed running this model: {first}", 3) from exc
+
+    steady = summarize(samples)
+    say(f"done: {steady['count']} runs, p50 {steady['p50_ms']:.3f} ms")
+    peak, peak_source = peak_rss()
+    return {
+        "schema": SCHEMA,
+        "model": {"path": args.model, "bytes": len(content),
+                  "sha256": hashlib.sha256(content).hexdigest()},
+        "runtime": {"name": name, "version": version},
+        "threads": runner.threads,
+        "params": {
+            "warmup_runs": args.warmup_runs, "warmup_min_secs": args.warmup_min_secs,
+            "runs": args.runs, "min_secs": args.min_secs, "max_secs": args.max_secs,
+            "input": args.input or "random", "seed": args.seed,
+        },
+        "inputs": specs,
+        "init_ms": init_ms,
+        "first_inference_ms": first_ms,
+        "warmup": {"count": len(warm), "mean_ms": float(np.mean(warm)) if warm else None},
+        "steady": steady,
+        "memory": {
+            "rss_before_load_bytes": rss_before,
+            "rss_after_load_bytes": rss_after,
+            "peak_rss_bytes": peak,
+            "peak_source": peak_source,
+        },
+        "output_checksum": checksum(outputs),
+        "op_profile": runner.op_profile(),
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "release": platform.release(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "python_executable": sys.executable,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    say = (lambda _m: None) if args.quiet else log
+    _arm_watchdog(args.timeout)
+    say(f"pid {os.getpid()}")
+    try:
+        doc = benchmark(args, say)
+    except HarnessError as exc:
+        print(f"{PROGRESS_PREFIX} error: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except ImportError as exc:  # numpy itself missing
+        print(f"{PROGRESS_PREFIX} error: {exc}; install numpy", file=sys.stderr, flush=True)
+        return 4
+    text = json.dumps(doc, indent=1, sort_keys=True)
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.out)
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

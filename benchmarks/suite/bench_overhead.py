@@ -1,0 +1,206 @@
+"""What the harness and the device plumbing cost, measured side by side (writes JSON).
+
+1. Harness fidelity: our harness's steady-state median against the LiteRT
+   Python benchmark tool shipped in ai-edge-litert
+   (``ai_edge_litert/tools/benchmark_litert_model.py``), same ~1 MB model, same
+   threads, same runs, interleaved rounds. Target: ratio within 1 +- 0.10.
+2. SSH overhead: wall time of ``edgec bench`` over SSH to a real sshd on
+   loopback against ``--device local``, 1 MB model, 100 runs, interleaved.
+   Cold = a fresh remote work folder (upload included); warm = already deployed.
+   Target: at most 2 s over local.
+3. Fleet: ``edgec bench --group`` over 4 loopback sshd devices against a group
+   of 1. Target: at most 1.5x.
+
+Usage: python benchmarks/suite/bench_overhead.py [--out FILE] [--rounds N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # the sshd helper the tests use
+
+from sshd import ClientKeys, Sshd  # noqa: E402
+
+
+def make_model(path: Path) -> int:
+    """A small CNN of ~1.1 MB (float32), ~1 ms per inference on one x86 core."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64, 64, 3)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.Conv2D(64, 3, strides=2, activation="relu"),
+        keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
+        keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path.write_bytes(content)
+    return len(content)
+
+
+def litert_tool() -> Path:
+    import ai_edge_litert
+
+    return Path(ai_edge_litert.__file__).parent / "tools" / "benchmark_litert_model.py"
+
+
+def fidelity(model: Path, rounds: int, runs: int, threads: int, tmp: Path) -> dict:
+    harness = REPO / "benchmarks" / "harness" / "harness.py"
+    tool, ours = [], []
+    for i in range(rounds):
+        out = tmp / f"tool-{threads}-{i}.json"
+        subprocess.run([sys.executable, str(litert_tool()), f"--model={model}",
+                        f"--num_runs={runs}", "--warmup_runs=5", f"--num_threads={threads}",
+                        f"--result_json={out}"], check=True, capture_output=True)
+        tool.append(json.loads(out.read_text())["latency"]["median_ms"])
+        proc = subprocess.run([sys.executable, str(harness), str(model), "--runs", str(runs),
+                               "--warmup-runs", "5", "--threads", str(threads), "--quiet"],
+                              check=True, capture_output=True, text=True)
+        ours.append(json.loads(proc.stdout)["steady"]["p50_ms"])
+    ratio = statistics.median(ours) / statistics.median(tool)
+    return {
+        "threads": threads, "runs": runs, "rounds": rounds,
+        "litert_tool_median_ms": tool, "harness_median_ms": ours,
+        "ratio": ratio, "target": "0.90 <= ratio <= 1.10", "ok": 0.9 <= ratio <= 1.1,
+        "note": "the tool rounds its median to 0.01 ms",
+    }
+
+
+def timed(argv: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    return seconds
+
+
+def write_devices(path: Path, servers: list[Sshd], client: ClientKeys, work: Path,
+                  groups: dict[int, list[str]]) -> None:
+    lines = []
+    for i, s in enumerate(servers):
+        lines += [f"[devices.dev{i}]", 'host = "127.0.0.1"', f"port = {s.port}",
+                  f'user = "{s.user}"', f'key = "{client.key}"', f'python = "{sys.executable}"',
+                  f'workdir = "{work / f"dev{i}"}"', f"groups = {json.dumps(groups[i])}", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" /
+                    "bench_overhead.json")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    args = ap.parse_args()
+    rounds = 2 if args.quick else args.rounds
+
+    with tempfile.TemporaryDirectory(prefix="edgec-bench-overhead-") as tmpdir:
+        tmp = Path(tmpdir)
+        model = tmp / "model.tflite"
+        size = make_model(model)
+        print(f"model: {size} bytes", file=sys.stderr)
+
+        fid = [fidelity(model, rounds, 200, t, tmp) for t in (1, 2)]
+        for f in fid:
+            print(f"fidelity threads={f['threads']}: ratio {f['ratio']:.3f}", file=sys.stderr)
+
+        client = ClientKeys.create(tmp / "home")
+        servers = [Sshd(tmp / f"sshd{i}", client).start() for i in range(4)]
+        try:
+            for s in servers:
+                client.trust(s)
+            env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+            env.update(HOME=str(client.home), EDGEC_PROGRESS="0", TF_CPP_MIN_LOG_LEVEL="2")
+            edgec = [sys.executable, "-m", "edgec.cli"]
+            bench = [*edgec, "bench", str(model), "--runs", "100"]
+
+            # SSH against local, interleaved; cold rounds get a fresh remote folder.
+            local_t, ssh_cold, ssh_warm = [], [], []
+            for i in range(rounds):
+                devices = tmp / f"devices-{i}.toml"
+                write_devices(devices, servers[:1], client, tmp / f"work-{i}", {0: ["one"]})
+                local_t.append(timed([*bench, "--device", "local"], env))
+                ssh_cold.append(timed([*bench, "--device", "dev0", "--devices", str(devices)],
+                                      env))
+                ssh_warm.append(timed([*bench, "--device", "dev0", "--devices", str(devices)],
+                                      env))
+            local_med = statistics.median(local_t)
+            overhead = statistics.median(ssh_warm) - local_med
+            overhead_cold = statistics.median(ssh_cold) - local_med
+            ssh = {
+                "model_bytes": size, "runs": 100, "rounds": rounds,
+                "local_seconds": local_t, "ssh_cold_seconds": ssh_cold,
+                "ssh_warm_seconds": ssh_warm,
+                "ratio_warm": statistics.median(ssh_warm) / local_med,
+                "ratio_cold": statistics.median(ssh_cold) / local_med,
+                "overhead_seconds_warm": overhead, "overhead_seconds_cold": overhead_cold,
+                "target": "overhead <= 2 s (cold, upload included)",
+                "ok": overhead_cold <= 2.0,
+            }
+            print(f"ssh: overhead warm {overhead:.2f} s, cold {overhead_cold:.2f} s",
+                  file=sys.stderr)
+
+            # A fleet of 4 against 1, warm (deployed once before timing).
+            devices = tmp / "fleet.toml"
+            write_devices(devices, servers, client, tmp / "fleet",
+                          {0: ["one", "four"], 1: ["four"], 2: ["four"], 3: ["four"]})
+            fleet_cmd = [*bench, "--devices", str(devices), "--jobs", "4", "--group"]
+            timed([*fleet_cmd, "four"], env)
+            one, four = [], []
+            for _ in range(rounds):
+                one.append(timed([*fleet_cmd, "one"], env))
+                four.append(timed([*fleet_cmd, "four"], env))
+            ratio = statistics.median(four) / statistics.median(one)
+            fleet = {"devices": 4, "runs": 100, "rounds": rounds, "one_seconds": one,
+                     "four_seconds": four, "ratio": ratio, "target": "ratio <= 1.5",
+                     "ok": ratio <= 1.5}
+            print(f"fleet: 4 vs 1 ratio {ratio:.2f}", file=sys.stderr)
+
+            # What one SSH command costs here (login shell start-up included).
+            from edgec.deploy.bench import connect
+            from edgec.deploy.devices import resolve_device
+
+            os.environ["HOME"] = str(client.home)
+            transport = connect(resolve_device("dev0", devices))
+            try:
+                per_cmd = [transport.run(["true"], timeout=30).seconds for _ in range(5)]
+            finally:
+                transport.close()
+        finally:
+            for s in servers:
+                s.stop()
+
+    result = {
+        "benchmark": "bench_overhead",
+        "machine": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                    "python": platform.python_version()},
+        "harness_vs_litert_tool": fid,
+        "ssh_vs_local": ssh,
+        "fleet_4_vs_1": fleet,
+        "ssh_command_seconds": per_cmd,
+        "ok": all(f["ok"] for f in fid) and ssh["ok"] and fleet["ok"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()

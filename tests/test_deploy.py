@@ -1,0 +1,426 @@
+"""Deploy and bench over a real OpenSSH sshd on 127.0.0.1 (never mocked, never skipped).
+
+The "device" is this machine reached through sshd as the current user; its
+Python is ``sys.executable`` (which has numpy and ai-edge-litert). Work folders
+have spaces and shell metacharacters in their names, so every test also checks
+that remote arguments are quoted and never injected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sshd import ClientKeys, Sshd, free_port, keygen
+
+from edgec.cli import main
+from edgec.deploy.bench import (
+    BenchOptions,
+    ConnectOptions,
+    connect,
+    deploy_to,
+    locate_artifact,
+)
+from edgec.deploy.devices import load_devices, parse_spec, resolve_device
+from edgec.errors import DeviceError, UsageError
+
+NASTY = "work dir; $(touch PWNED) `touch PWNED2` 'q\""
+
+
+def _convert(model) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def _artifact(folder: Path, content: bytes, target: dict | None, name: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.tflite").write_bytes(content)
+    if target is not None:
+        manifest = {"schema": "edgec.manifest/1", "model": {"name": name}, "target": target,
+                    "artifacts": [{"file": "model.tflite", "bytes": len(content)}]}
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny artifact folder (x86-64 target) and a ~4 MB bare .tflite for upload tests."""
+    import keras
+
+    from edgec.profiles import load_profile
+
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("artifacts")
+    tiny = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"),
+                             keras.layers.Dense(4)])
+    big = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(10)])
+    out = {
+        "tiny": _artifact(root / "tiny" / "x86-64", _convert(tiny),
+                          load_profile("x86-64").to_dict(), "tiny"),
+        "big": root / "big.tflite",
+    }
+    out["big"].write_bytes(_convert(big))
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A client HOME (key, known_hosts) and one running sshd that trusts the key."""
+    root = tmp_path_factory.mktemp("ssh")
+    client = ClientKeys.create(root / "home")
+    server = Sshd(root / "sshd", client).start()
+    client.trust(server)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HOME", str(client.home))
+    mp.delenv("SSH_AUTH_SOCK", raising=False)
+    mp.delenv("EDGEC_DEVICES", raising=False)
+    mp.setenv("EDGEC_PROGRESS", "0")
+    try:
+        yield client, server, root
+    finally:
+        mp.undo()
+        server.stop()
+
+
+def devices_toml(path: Path, entries: dict[str, dict]) -> Path:
+    lines = []
+    for name, e in entries.items():
+        lines.append(f"[devices.{json.dumps(name)}]")
+        for k, v in e.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def device_entry(server: Sshd, client: ClientKeys, workdir: Path, **extra) -> dict:
+    return {"host": "127.0.0.1", "port": server.port, "user": server.user,
+            "key": str(client.key), "python": sys.executable, "workdir": str(workdir), **extra}
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def no_injection(*folders: Path) -> None:
+    for folder in (*folders, Path(os.path.expanduser("~")), Path("/root"), Path.cwd()):
+        assert not (folder / "PWNED").exists() and not (folder / "PWNED2").exists()
+
+
+# ---------------------------------------------------------------- deploy, bench
+def test_deploy_then_idempotent_redeploy(env, models, tmp_path):
+    client, server, _ = env
+    work = tmp_path / NASTY
+    devs = devices_toml(tmp_path / "devices.toml", {"dev": device_entry(server, client, work)})
+    code, out, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
+    assert code == 0, err
+    assert "uploaded" in out and "already" not in out
+    digest = sha(models["tiny"] / "model.tflite")
+    remote = work / "models" / "tiny-x86-64" / digest[:12] / "model.tflite"
+    assert sha(remote) == digest
+    assert len(list((work / "harness").glob("*/harness.py"))) == 1
+    mtime = remote.stat().st_mtime_ns
+
+    code, out, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
+    assert code == 0, err
+    assert "already deployed" in out and "not re-uploaded" in err
+    assert remote.stat().st_mtime_ns == mtime  # the same file, not sent again
+    assert not list(remote.parent.glob(".upload-*"))
+    no_injection(work, tmp_path)
+
+
+def test_bench_end_to_end_over_ssh(env, models, tmp_path):
+    client, server, _ = env
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    work = tmp_path / NASTY
+    devs = devices_toml(tmp_path / "devices.toml", {"board-1": device_entry(server, client, work)})
+    code, out, err = cli("bench", str(art), "--device", "board-1", "--devices", str(devs),
+                         "--runs", "30", "--warmup", "2", "--threads", "2")
+    assert code == 0, err
+    assert "running the harness" in err and "done: 30 runs" in err  # streamed progress
+    result = json.loads((art / "results" / "bench-board-1.json").read_text())
+    assert result["schema"] == "edgec.bench/1" and result["device"] == "board-1"
+    assert result["steady"]["count"] == 30 and len(result["steady"]["samples_ms"]) == 30
+    assert result["threads"] == 2 and result["runtime"]["name"] == "litert"
+    assert result["artifact"]["sha256"] == sha(art / "model.tflite")
+    assert result["device_info"]["address"] == f"{server.user}@127.0.0.1:{server.port}"
+    assert result["budgets"]["profile"] == "x86-64" and result["budgets"]["ok"] is True
+    assert [c["name"] for c in result["budgets"]["checks"]] == ["ram_bytes"]
+    assert result["memory"]["peak_rss_bytes"] > 0
+    assert "board-1" in out and " ok " in out  # the comparison table
+    report = (art / "report.md").read_text()
+    assert "board-1" in report  # latency and memory made it into the report
+    no_injection(work, tmp_path)
+
+
+def test_local_device_and_budget_exceeded(env, models, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    strict = tmp_path / "strict.toml"
+    strict.write_text('extends = "x86-64"\n[budgets]\nlatency_ms = 0.000001\n', encoding="utf-8")
+    code, out, err = cli("bench", str(art), "--runs", "5", "--target", str(strict))
+    assert code == 5, err
+    assert "latency_ms budget of profile 'strict' exceeded" in err
+    result = json.loads((art / "results" / "bench-local.json").read_text())
+    assert result["device_info"]["kind"] == "local" and result["budgets"]["ok"] is False
+    assert "EXCEEDED" in out
+
+
+def test_ssh_config_alias_is_honoured(env, models, tmp_path):
+    client, server, _ = env
+    key = tmp_path / "keys" / "special"
+    key.parent.mkdir()
+    shutil.copy(client.key, key)  # not a default name: only IdentityFile can find it
+    os.chmod(key, 0o600)
+    config = client.home / ".ssh" / "config"
+    config.write_text(f"Host my-board\n  HostName 127.0.0.1\n  Port {server.port}\n"
+                      f"  User {server.user}\n  IdentityFile {key}\n", encoding="utf-8")
+    default_key = client.key.rename(client.key.with_name("moved-away"))
+    try:
+        work = tmp_path / "w"
+        devs = devices_toml(tmp_path / "d.toml", {"b": {"host": "my-board", "python": sys.executable,
+                                                        "workdir": str(work)}})
+        code, out, err = cli("device", "check", "b", "--devices", str(devs))
+        assert code == 0, err
+        assert out.startswith("b: ok:") and "numpy" in out and "litert" in out
+    finally:
+        default_key.rename(client.key)
+        config.unlink()
+
+
+# ---------------------------------------------------------------- trust and reachability
+def test_unknown_host_key_refused_until_accepted(env, models, tmp_path):
+    client, server, _ = env
+    client.known_hosts.rename(tmp_path / "saved_known_hosts")
+    try:
+        devs = devices_toml(tmp_path / "d.toml",
+                            {"dev": device_entry(server, client, tmp_path / "w")})
+        code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
+        assert code == 6 and "unknown host key SHA256:" in err and "refusing" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not client.known_hosts.exists()
+
+        code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices",
+                           str(devs), "--accept-new-host-key")
+        assert code == 0, err
+        assert client.known_hosts.read_text() == server.known_hosts_line()
+        code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
+        assert code == 0, err  # recorded: trusted from now on
+    finally:
+        os.replace(tmp_path / "saved_known_hosts", client.known_hosts)
+
+
+def test_changed_host_key_is_always_refused(env, models, tmp_path):
+    client, server, _ = env
+    other = keygen(tmp_path / "impostor")
+    kind, b64 = Path(str(other) + ".pub").read_text().split()[:2]
+    saved = client.known_hosts.read_text()
+    client.known_hosts.write_text(f"[127.0.0.1]:{server.port} {kind} {b64}\n")
+    try:
+        devs = devices_toml(tmp_path / "d.toml",
+                            {"dev": device_entry(server, client, tmp_path / "w")})
+        for extra in ([], ["--accept-new-host-key"]):
+            code, _, err = cli("bench", str(models["tiny"]), "--device", "dev", "--devices",
+                               str(devs), *extra)
+            assert code == 6 and "host key CHANGED" in err and "ssh-keygen" in err
+        assert client.known_hosts.read_text() == f"[127.0.0.1]:{server.port} {kind} {b64}\n"
+        assert not (models["tiny"] / "results").exists()  # nothing recorded
+    finally:
+        client.known_hosts.write_text(saved)
+
+
+def test_wrong_credentials_and_unreachable_host(env, models, tmp_path):
+    client, server, _ = env
+    stranger = keygen(tmp_path / "stranger")
+    devs = devices_toml(tmp_path / "d.toml", {
+        "wrongkey": device_entry(server, client, tmp_path / "w", key=str(stranger)),
+        "nobody": device_entry(server, client, tmp_path / "w", user="no-such-user"),
+    })
+    # Keep ~/.ssh's own key out of it: only the configured (wrong) key may be tried.
+    moved = client.key.rename(client.key.with_name("moved-away"))
+    try:
+        code, _, err = cli("deploy", str(models["tiny"]), "--device", "wrongkey", "--devices",
+                           str(devs))
+        assert code == 6 and "authentication failed for user" in err
+    finally:
+        moved.rename(client.key)
+    code, _, err = cli("deploy", str(models["tiny"]), "--device", "nobody", "--devices", str(devs))
+    assert code == 6 and "authentication failed for user 'no-such-user'" in err
+
+    port = free_port()  # nothing listens there
+    code, _, err = cli("deploy", str(models["tiny"]), "--device", f"root@127.0.0.1:{port}",
+                       "--connect-timeout", "3")
+    assert code == 6 and "cannot reach the device" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- failures mid-way
+def test_connection_killed_mid_upload_then_clean_retry(env, models, tmp_path):
+    client, server, _ = env
+    work = tmp_path / NASTY
+    devs = devices_toml(tmp_path / "d.toml", {"dev": device_entry(server, client, work)})
+    device = resolve_device("dev", devs)
+    artifact = locate_artifact(models["big"])
+    assert artifact.model.stat().st_size > 3_000_000
+    killed = []
+
+    def cut(done: int, total: int) -> None:
+        if not killed and done > total // 4:
+            killed.append(server.kill_sessions())
+
+    transport = connect(device, ConnectOptions())
+    try:
+        with pytest.raises(DeviceError, match="connection dropped while uploading big.tflite"):
+            deploy_to(transport, device, artifact, progress=cut)
+    finally:
+        transport.close()
+    assert killed and killed[0] >= 1
+    digest = sha(artifact.model)
+    final = work / "models" / "big" / digest[:12] / "big.tflite"
+    assert not final.exists()  # nothing that looks deployed
+    leftovers = list(final.parent.glob(".upload-*"))
+    assert len(leftovers) <= 1 and all(p.stat().st_size < artifact.model.stat().st_size
+                                       for p in leftovers)
+
+    transport = connect(device, ConnectOptions())
+    try:
+        dep = deploy_to(transport, device, artifact)
+    finally:
+        transport.close()
+    assert dep.model.uploaded and sha(final) == digest
+    no_injection(work)
+
+
+def test_full_disk_on_device(env, models, tmp_path):
+    client, server, _ = env
+    mount = tmp_path / "tiny fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        devs = devices_toml(tmp_path / "d.toml", {"dev": device_entry(server, client, mount)})
+        code, _, err = cli("bench", str(models["big"]), "--device", "dev", "--devices", str(devs))
+        assert code == 6 and "not enough space" in err and "ENOSPC" in err
+        assert not (models["big"].parent / "results").exists()
+        assert not list(mount.rglob("*.tflite"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_missing_runtime_then_device_setup(env, models, tmp_path):
+    client, server, _ = env
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    work = tmp_path / "setup work"
+    devs = devices_toml(tmp_path / "d.toml", {
+        "bare": device_entry(server, client, work, python=str(bare / "bin" / "python")),
+        "fresh": {k: v for k, v in device_entry(server, client, work).items() if k != "python"},
+    })
+    code, _, err = cli("bench", str(models["tiny"]), "--device", "bare", "--devices", str(devs))
+    assert code == 6
+    assert "is missing numpy and a TFLite runtime" in err
+    assert "edgec device setup bare" in err and len(err.strip().splitlines()) == 1
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    code, out, err = cli("device", "setup", "fresh", "--devices", str(devs), "--wheels",
+                         str(wheels), "--python", sys.executable, "--system-site-packages")
+    assert code == 0, err
+    venv_python = work / "venv" / "bin" / "python"
+    assert venv_python.exists() and str(venv_python) in out
+    code, out, err = cli("device", "check", "fresh", "--devices", str(devs))
+    assert code == 0, err
+    assert "venv/bin/python" in out  # found without being configured
+
+
+def test_harness_timeout_and_crash(env, models, tmp_path):
+    client, server, _ = env
+    work = tmp_path / "w"
+    devs = devices_toml(tmp_path / "d.toml", {"dev": device_entry(server, client, work)})
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    start = time.monotonic()
+    code, _, err = cli("bench", str(art), "--device", "dev", "--devices", str(devs),
+                       "--runs", "1", "--min-secs", "120", "--timeout", "2")
+    assert code == 6 and "did not finish within 2 s and was killed" in err
+    assert time.monotonic() - start < 30
+    assert not (art / "results").exists()
+    time.sleep(0.5)
+    assert not [p for p in server.session_pids() if _cmdline(p).find("harness.py") >= 0]
+
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"\x18\x00\x00\x00TFL3" + b"\x00" * 256)
+    code, _, err = cli("bench", str(broken), "--device", "dev", "--devices", str(devs))
+    assert code == 6 and "the harness" in err and ("failed" in err or "crashed" in err)
+    assert not (tmp_path / "results").exists()
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+# ---------------------------------------------------------------- fleet
+def test_fleet_with_one_device_down(env, models, tmp_path):
+    client, server, root = env
+    extra = [Sshd(root / f"fleet-{i}", client).start() for i in range(2)]
+    try:
+        for s in extra:
+            client.trust(s)
+        down = free_port()
+        entries = {"a": device_entry(server, client, tmp_path / "wa", groups=["lab"])}
+        for i, s in enumerate(extra):
+            entries[f"b{i}"] = device_entry(s, client, tmp_path / f"wb{i}", groups=["lab"])
+        entries["down"] = {**device_entry(server, client, tmp_path / "wd", groups=["lab"]),
+                           "port": down}
+        entries["other"] = device_entry(server, client, tmp_path / "wo", groups=["elsewhere"])
+        devs = devices_toml(tmp_path / "d.toml", entries)
+        art = tmp_path / "art"
+        shutil.copytree(models["tiny"], art)
+        code, out, err = cli("bench", str(art), "--group", "lab", "--devices", str(devs),
+                             "--runs", "10", "--jobs", "3", "--connect-timeout", "3")
+        assert code == 6
+        assert "1 of 4 devices failed (down)" in err and "cannot reach" in err
+        stored = sorted(p.name for p in (art / "results").glob("*.json"))
+        assert stored == ["bench-a.json", "bench-b0.json", "bench-b1.json"]
+        rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+        assert set(rows) == {"a", "b0", "b1", "down"}
+        assert "FAILED" in rows["down"] and all(" ok " in rows[n] for n in ("a", "b0", "b1"))
+        assert "[b0]" in err and "[b1]" in err  # progress is labelled per device
+    finally:
+        for s in extra:
+            s.stop()
+
+
+# ---------------------------------------------------------------- devices file
+def test_devices_file_and_specs(tmp_path):
+    good = devices_toml(tmp_path / "d.toml", {"pi": {"host": "10.0.0.5", "port": 2222,
+                                                     "groups": ["lab"], "profile": "rpi4"}})
+    pi = load_devices(good)["pi"]
+    assert (pi.host, pi.port, pi.groups, pi.workdir) == ("10.0.0.5", 2222, ("lab",), ".edgec")
+    bad = devices_toml(tmp_path / "bad.toml", {"pi": {"host": "x", "prot": 22}})
+    with pytest.raises(UsageError, match="unknown key 'prot'; valid keys: groups, host"):
+        load_devices(bad)
+    spec = parse_spec("pi@[::1]:2200")
+    assert (spec.user, spec.host, spec.port) == ("pi", "::1", 2200)
+    with pytest.raises(UsageError, match=r"\[user@\]host\[:port\]"):
+        parse_spec("a b")
+    code, out, _ = cli("devices", "--devices", str(good))
+    assert code == 0 and out.split()[:4] == ["pi", "10.0.0.5:2222", "rpi4", "lab"]
+    assert BenchOptions().runs == 50

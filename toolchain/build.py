@@ -1,0 +1,302 @@
+"""``edgec build``: one model and its data become a verified artifact per target profile.
+
+The flow for each target: run the recipe's compression passes (or the
+accuracy-aware search), convert to the profile's quantization and variants,
+measure every artifact against the float32 baseline through the TFLite runtime,
+run the microcontroller fit check where the profile is one, check the budgets,
+and write the artifact folder atomically with its manifest and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgec import __version__
+from edgec.artifact import library_versions, write_artifact
+from edgec.convert import ConvertOptions, convert
+from edgec.data import Dataset, load_dataset
+from edgec.errors import InputError, UnsupportedModelError
+from edgec.evaluate import Evaluation, evaluate, size_facts
+from edgec.loaders import LoadedModel, load_model
+from edgec.modelinfo import read_model
+from edgec.profiles import IODtype, Profile, Quantization, load_profile
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    model: str | Path
+    targets: tuple[str, ...]
+    out: Path = Path("out")
+    data: str | None = None
+    recipe: Path | None = None
+    overrides: tuple[str, ...] = ()
+    max_accuracy_drop: float | None = None
+    search: bool = False
+    keep_failed: bool = False
+    calibration_size: int = 300
+    seed: int = 0
+    epochs_scale: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetCheck:
+    name: str
+    limit: float
+    value: float
+    ok: bool
+    estimate: bool = False
+
+
+@dataclass(kw_only=True)
+class TargetResult:
+    target: str
+    directory: Path | None
+    manifest: dict[str, Any]
+    ok: bool
+    message: str = ""
+
+
+@dataclass(kw_only=True)
+class BuildResult:
+    model: str
+    baseline: dict[str, Any]
+    targets: list[TargetResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets)
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = [{"target": "float32 (baseline)", "file": "", "bytes": self.baseline["bytes"],
+                 "accuracy": self.baseline.get("accuracy"), "drop": None, "ok": True}]
+        for t in self.targets:
+            for a in t.manifest.get("artifacts", []):
+                m = a["metrics"]
+                rows.append({"target": t.target, "file": a["file"], "bytes": a["bytes"],
+                             "accuracy": m.get("accuracy"), "drop": m.get("accuracy_drop"),
+                             "ok": t.ok})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "ok": self.ok, "baseline": self.baseline,
+                "targets": [{"target": t.target, "directory": str(t.directory) if t.directory else None,
+                             "ok": t.ok, "message": t.message, "artifacts": t.manifest.get("artifacts", [])}
+                            for t in self.targets]}
+
+
+def build(req: BuildRequest, log: Log = print) -> BuildResult:
+    profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
+    if not profiles:
+        raise InputError("no target given; use --target (see `edgec targets`)")
+    model = load_model(req.model)
+    for note in model.notes:
+        log(f"note: {note}")
+    data = load_dataset(req.data, model.input_shape, seed=req.seed)
+    _check_labels(model, data)
+    if data.synthetic:
+        log("note: no data given: calibration uses seeded random inputs, and accuracy cannot be measured")
+    log(f"model {model.name}: {model.loader}; data: {data.source}")
+
+    float_content = convert(model.convert_source, ConvertOptions(quantization=Quantization.FLOAT32))
+    base = evaluate(float_content, data)
+    baseline = {**size_facts(float_content), **base.metrics, "file": None}
+    log(f"baseline float32: {baseline['bytes']:,} bytes, accuracy {_pct(baseline.get('accuracy'))}")
+
+    result = BuildResult(model=model.name, baseline=baseline)
+    for profile in profiles:
+        result.targets.append(_build_target(req, profile, model, data, float_content, base, log))
+    return result
+
+
+def _check_labels(model: LoadedModel, data: Dataset) -> None:
+    classes = model.output_shape[-1] if model.output_shape else None
+    if data.num_classes is not None and classes is not None and data.num_classes > classes:
+        raise InputError(
+            f"data {data.source}: labels go up to {data.num_classes - 1}, but the model has "
+            f"{classes} outputs; labels must be class indices 0..{classes - 1}"
+        )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _compress(req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset,
+              log: Log) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the target's recipe; return (convert source, recipe as data, pass records)."""
+    if req.recipe is None and not req.overrides and not profile.passes:
+        return model.convert_source, [], []
+    from edgec.recipe import resolve_recipe
+
+    recipe = resolve_recipe(profile, req.recipe, req.overrides)
+    if not recipe.steps:
+        return model.convert_source, [], []
+    if model.keras is None:
+        raise UnsupportedModelError(
+            f"model {model.path}: compression passes need a Keras 3 model, but it was loaded as "
+            f"{model.loader}; remove the passes or give a .keras/.h5 file"
+        )
+    import keras
+
+    from edgec.pipeline import PassContext, PassManager
+
+    keras.utils.set_random_seed(req.seed)
+    clone = keras.models.clone_model(model.keras)
+    clone.set_weights(model.keras.get_weights())
+    ctx = PassContext(data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log)
+    compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
+    return compressed, recipe.to_list(), [r.to_dict() for r in records]
+
+
+def convert_options(profile: Profile, quantization: Quantization, **extra: Any) -> ConvertOptions:
+    integer = quantization is Quantization.INT8
+    return ConvertOptions(
+        quantization=quantization,
+        input_dtype=profile.input_dtype if integer else IODtype.FLOAT32,
+        output_dtype=profile.output_dtype if integer else IODtype.FLOAT32,
+        **extra,
+    )
+
+
+def _artifact_entry(file: str, quantization: Quantization, content: bytes, ev: Evaluation,
+                    baseline: dict[str, Any]) -> dict[str, Any]:
+    info = read_model(content, file)
+    metrics = dict(ev.metrics)
+    if "accuracy" in metrics and baseline.get("accuracy") is not None:
+        metrics["accuracy_drop"] = round(baseline["accuracy"] - metrics["accuracy"], 6)
+    return {
+        "file": file, "quantization": str(quantization), **size_facts(content),
+        "inputs": [t.to_dict() for t in info.input_tensors],
+        "outputs": [t.to_dict() for t in info.output_tensors],
+        "ops": info.op_counts, "param_count": info.param_count, "macs": info.macs(),
+        "metrics": metrics,
+    }
+
+
+def _budget_checks(profile: Profile, primary: dict[str, Any], req: BuildRequest) -> list[BudgetCheck]:
+    b = profile.budgets
+    checks = []
+    if b.model_bytes is not None:
+        checks.append(BudgetCheck(name="model_bytes", limit=b.model_bytes, value=primary["bytes"],
+                                  ok=primary["bytes"] <= b.model_bytes))
+    bound = req.max_accuracy_drop if req.max_accuracy_drop is not None else b.max_accuracy_drop
+    drop = primary["metrics"].get("accuracy_drop")
+    if bound is not None and drop is not None:
+        checks.append(BudgetCheck(name="max_accuracy_drop", limit=bound, value=drop,
+                                  ok=drop <= bound + 1e-9))
+    return checks
+
+
+def _build_target(req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset,
+                  float_content: bytes, base: Evaluation, log: Log) -> TargetResult:
+    log(f"[{profile.name}] {profile.description}")
+    calibration = data.calibration(req.calibration_size, req.seed)
+    source, recipe, passes = _compress(req, profile, model, data, log)
+    files: dict[str, bytes] = {}
+    artifacts: list[dict[str, Any]] = []
+    schemes = (profile.quantization, *profile.variants)
+    for i, quantization in enumerate(schemes):
+        content = convert(source, convert_options(profile, quantization), calibration)
+        name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
+        ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
+        files[name] = content
+        artifacts.append(_artifact_entry(name, quantization, content, ev, {
+            "accuracy": base.metrics.get("accuracy")}))
+        m = artifacts[-1]["metrics"]
+        log(f"[{profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.get('accuracy'))}, "
+            f"agreement {_pct(m.get('top1_agreement'))}")
+
+    checks = _budget_checks(profile, artifacts[0], req)
+    micro: dict[str, Any] | None = None
+    finish = None
+    if profile.is_micro:
+        micro, micro_checks, finish = _micro(profile, files["model.tflite"], data, log)
+        checks += micro_checks
+    ok = all(c.ok for c in checks)
+    manifest = {
+        "edgec_version": __version__,
+        "model": model.describe(),
+        "data": data.describe(),
+        "target": profile.to_dict(),
+        "recipe": recipe,
+        "passes": passes,
+        "baseline": {**size_facts(float_content), **base.metrics},
+        "artifacts": artifacts,
+        "budgets": {"checks": [dataclasses.asdict(c) for c in checks], "ok": ok,
+                    "kept_despite_failure": not ok and req.keep_failed},
+        "calibration": {"size": int(len(calibration)), "synthetic": data.synthetic,
+                        "source": data.source},
+        "versions": library_versions(),
+    }
+    if micro is not None:
+        manifest["micro"] = micro
+    failed = [c for c in checks if not c.ok]
+    message = "; ".join(
+        f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}" + (" (estimate)" if c.estimate else "")
+        for c in failed
+    )
+    directory = req.out / model.name / profile.name
+    if failed and not req.keep_failed:
+        log(f"[{profile.name}] FAILED budgets: {message}; no artifact written (--keep-failed keeps it)")
+        return TargetResult(target=profile.name, directory=None, manifest=manifest, ok=False,
+                            message=message)
+    write_artifact(directory, files, manifest, finish=_with_reports(finish))
+    status = "ok" if ok else f"FAILED budgets (kept): {message}"
+    log(f"[{profile.name}] {status} -> {directory}")
+    return TargetResult(target=profile.name, directory=directory, manifest=manifest, ok=ok,
+                        message=message)
+
+
+def _fmt(name: str, value: float) -> str:
+    if "bytes" in name:
+        return f"{int(value):,} B"
+    if "accuracy" in name:
+        return f"{100 * value:.2f} pt"
+    return f"{value:g}"
+
+
+def _micro(profile: Profile, content: bytes, data: Dataset,
+           log: Log) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
+    from edgec import micro
+
+    report = micro.fit_report(content, profile, inputs=data.x_val[:64])
+    log(f"[{profile.name}] TFLM: {report.summary_line()}")
+    checks = [BudgetCheck(name=c["name"], limit=c["limit"], value=c["value"], ok=c["ok"],
+                          estimate=c.get("estimate", False)) for c in report.budget_checks()]
+
+    def finish(tmp: Path) -> None:
+        from edgec.firmware import write_firmware
+
+        write_firmware(tmp / "firmware", content, report)
+
+    return report.to_dict(), checks, finish
+
+
+def _with_reports(finish: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        if finish is not None:
+            finish(tmp)
+        try:
+            from edgec.report import render_reports
+        except ImportError:  # reports arrive with the report module
+            return
+        render_reports(tmp)
+
+    return run
+
+
+def demo(out: Path, *, targets: tuple[str, ...] = ("rpi4", "cortex-m4"), epochs: int = 30,
+         log: Log = print, **overrides: Any) -> BuildResult:
+    """Train the digits CNN offline and build it for ``targets``."""
+    from edgec.demo import save_demo_model
+
+    log("demo: training a small CNN on scikit-learn's handwritten digits (offline)")
+    path = save_demo_model(out, epochs=epochs)
+    return build(BuildRequest(model=path, targets=targets, out=out, data="demo", **overrides), log=log)
+

@@ -1,0 +1,108 @@
+"""The local transport: this machine as a device (``--device local``).
+
+It satisfies the same ``Transport`` protocol as SSH, so deploy and bench take
+one path: files are copied into a work folder (the local "remote home"), and
+commands run as child processes in their own session, so a timeout kills the
+harness and anything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from edgec.deploy.transport import NOT_FOUND, LineSink, ProgressSink, RunResult
+from edgec.errors import DeviceError
+
+
+def default_workdir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgec" / "local-device"
+
+
+class LocalTransport:
+    """A child process on this machine; remote relative paths live under ``home``."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home is not None else default_workdir()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.label = "local"
+
+    def _path(self, remote: str) -> Path:
+        return self.home / os.path.expanduser(remote)
+
+    def upload(self, local: Path, remote: str, *, progress: ProgressSink | None = None) -> None:
+        dest = self._path(remote)
+        total = local.stat().st_size
+        sent = 0
+        try:
+            with open(local, "rb") as src, open(dest, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    out.write(chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, total)
+        except OSError as exc:
+            raise DeviceError(f"local: cannot copy {local} to {dest}: {exc.strerror or exc}") from exc
+
+    def download(self, remote: str, local: Path) -> None:
+        try:
+            shutil.copyfile(self._path(remote), local)
+        except OSError as exc:
+            raise DeviceError(f"local: cannot copy {remote} to {local}: {exc}") from exc
+
+    def run(self, argv: list[str], *, timeout: float,
+            on_stderr_line: LineSink | None = None) -> RunResult:
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=self.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except FileNotFoundError:
+            return RunResult(exit_code=NOT_FOUND, stdout=b"", stderr=f"{argv[0]}: not found",
+                             seconds=0.0)
+        err_lines: list[str] = []
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for raw in iter(proc.stderr.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\n")
+                err_lines.append(line)
+                if on_stderr_line is not None:
+                    on_stderr_line(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        assert proc.stdout is not None
+        out_chunks: list[bytes] = []
+        out_reader = threading.Thread(
+            target=lambda: out_chunks.append(proc.stdout.read()), daemon=True  # type: ignore[union-attr]
+        )
+        out_reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out_reader.join(5)
+        reader.join(5)
+        code = proc.returncode
+        sig = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else None
+        return RunResult(
+            exit_code=code, stdout=b"".join(out_chunks), stderr="\n".join(err_lines),
+            seconds=time.monotonic() - start, timed_out=timed_out, signal=sig,
+        )
+
+    def close(self) -> None:
+        pass

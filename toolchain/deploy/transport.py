@@ -1,0 +1,304 @@
+"""The transport protocol (upload, run, download) and the device-side file operations.
+
+Deploy and bench talk to a device only through ``Transport``: ``upload`` a
+local file to a remote path, ``run`` an argument vector with a timeout while
+streaming its stderr lines, ``download`` a remote file. ``SSHTransport``
+(paramiko) and ``LocalTransport`` (a child process on this machine) both
+satisfy it, so the deploy and bench code has one path for both.
+
+Remote paths are POSIX paths, relative ones being relative to the remote home
+(or to the local device's work folder). Every remote command is an argument
+vector, never a shell string: the SSH transport quotes each argument with
+``shlex.quote``, so a path with spaces or ``;$()`` is a path, not a command.
+
+The device-side operations (probe, plan, verify-and-rename, kill) are one
+small Python program, ``DEVICE_OPS``, run with the device's own Python, so
+they work wherever the harness can run: no ``sha256sum`` or GNU tools needed.
+
+Publishing files is: ``plan`` (one round trip: probe the device, make the
+folders, hash what is already there), upload what differs under temporary
+names, then ``commit`` (verify every sha256 on the device and rename into
+place, one more round trip). ``put_verified`` does it for one file.
+A dropped connection leaves at most a ``.upload-*`` temporary, which the next
+deploy removes; never a file at the final name with the wrong bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from edgec.errors import DeviceError
+
+LineSink = Callable[[str], None]
+ProgressSink = Callable[[int, int], None]
+
+# Exit status a POSIX shell gives a command it cannot find.
+NOT_FOUND = 127
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    exit_code: int
+    stdout: bytes
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+    signal: str | None = None  # set when the remote process died of a signal
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What deploy and bench need from a device connection."""
+
+    label: str  # for messages: "local", "pi@10.0.0.5:22"
+
+    def upload(self, local: Path, remote: str, *, progress: ProgressSink | None = None) -> None:
+        """Copy ``local`` to ``remote`` (the folder exists). Raises DeviceError."""
+
+    def download(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` to ``local``. Raises DeviceError."""
+
+    def run(self, argv: list[str], *, timeout: float,
+            on_stderr_line: LineSink | None = None) -> RunResult:
+        """Run ``argv`` on the device; a timeout kills it and sets ``timed_out``."""
+
+    def close(self) -> None: ...
+
+
+def quote_command(argv: list[str]) -> str:
+    """One POSIX shell command line in which every argument is quoted (never injected)."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# The device-side helper. Kept to the standard library and to Python 3.8
+# syntax, since it runs on whatever Python the device has.
+DEVICE_OPS = r"""
+import hashlib, json, os, sys, time
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+def probe():
+    import importlib.util, platform
+    def ver(mod, dist):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return None
+        except Exception:
+            return None
+        try:
+            from importlib.metadata import version
+            return version(dist)
+        except Exception:
+            return "unknown"
+    return {"python": platform.python_version(), "executable": sys.executable,
+            "machine": platform.machine(), "system": platform.system(),
+            "cpu_count": os.cpu_count(), "numpy": ver("numpy", "numpy"),
+            "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
+            "runtimes": {"litert": ver("ai_edge_litert", "ai-edge-litert"),
+                         "tflite_runtime": ver("tflite_runtime", "tflite-runtime"),
+                         "tflm": ver("tflite_micro", "tflite-micro")}}
+def plan(pairs):
+    # probe, then for each (folder, final): make the folder, drop stale
+    # temporaries, report free space and the sha256 of what is already there
+    files = []
+    now = time.time()
+    for folder, final in json.loads(pairs):
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            p = os.path.join(folder, name)
+            # a temporary nobody has written to for a minute is from a dropped upload
+            if name.startswith(".upload-") and now - os.path.getmtime(p) > 60:
+                os.remove(p)
+        st = os.statvfs(folder)
+        files.append({"free_bytes": st.f_bavail * st.f_frsize,
+                      "sha256": sha(final) if os.path.isfile(final) else None})
+    return {"probe": probe(), "files": files}
+def commit(triples):
+    out = []
+    for tmp, final, want in json.loads(triples):
+        if not os.path.isfile(tmp):
+            out.append({"ok": False, "reason": "the uploaded file is missing"})
+            continue
+        got = sha(tmp)
+        if got != want:
+            os.remove(tmp)
+            out.append({"ok": False, "reason": "sha256 mismatch: got %s, want %s" % (got, want)})
+            continue
+        os.replace(tmp, final)
+        try:
+            fd = os.open(os.path.dirname(final) or ".", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+        out.append({"ok": True})
+    return out
+def remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return {"ok": True}
+def free(folder):
+    st = os.statvfs(folder)
+    return {"free_bytes": st.f_bavail * st.f_frsize}
+def kill(pid):
+    import signal
+    try:
+        os.kill(int(pid), signal.SIGKILL)
+        return {"killed": True}
+    except OSError as e:
+        return {"killed": False, "reason": str(e)}
+op = sys.argv[1]
+args = sys.argv[2:]
+fn = {"probe": probe, "plan": plan, "commit": commit, "remove": remove,
+      "free": free, "kill": kill}[op]
+print("EDGEC-OPS " + json.dumps(fn(*args)))
+"""
+
+
+def device_op(transport: Transport, python: str, op: str, *args: str,
+              timeout: float = 60.0) -> dict[str, Any]:
+    """Run one DEVICE_OPS operation with the device's Python and return its JSON answer."""
+    res = transport.run([python, "-c", DEVICE_OPS, op, *args], timeout=timeout)
+    if res.timed_out:
+        raise DeviceError(f"{transport.label}: the device helper {op!r} timed out after {timeout:g} s")
+    if res.exit_code == NOT_FOUND:
+        raise DeviceError(
+            f"{transport.label}: python {python!r} not found on the device; install Python 3 "
+            "or set 'python' for this device, then run `edgec device setup`"
+        )
+    for line in res.stdout.decode(errors="replace").splitlines():
+        if line.startswith("EDGEC-OPS "):
+            return json.loads(line[len("EDGEC-OPS ") :])
+    last = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    reason = last[-1] if last else f"exit code {res.exit_code}"
+    raise DeviceError(f"{transport.label}: the device helper {op!r} failed: {reason}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Upload:
+    """A local file to publish at a remote path, with its sha256."""
+
+    local: Path
+    remote: str
+    sha256: str
+
+    @classmethod
+    def of(cls, local: Path, remote: str, sha256: str | None = None) -> Upload:
+        return cls(local=local, remote=remote, sha256=sha256 or sha256_file(local))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Published:
+    remote: str
+    sha256: str
+    bytes: int
+    uploaded: bool  # False: the same bytes were already there
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The device's answer before publishing: its probe and the state of each target path."""
+
+    probe: dict[str, Any]
+    states: list[dict[str, Any]]
+
+
+def plan(transport: Transport, python: str, uploads: list[Upload], *,
+         timeout: float = 60.0) -> Plan:
+    """One round trip: probe the device, make the folders, report what is already there."""
+    pairs = [[posixpath.dirname(u.remote) or ".", u.remote] for u in uploads]
+    answer = device_op(transport, python, "plan", json.dumps(pairs), timeout=timeout)
+    return Plan(probe=answer["probe"], states=answer["files"])
+
+
+def publish(transport: Transport, python: str, uploads: list[Upload], state: Plan, *,
+            progress: ProgressSink | None = None, timeout: float = 60.0) -> list[Published]:
+    """Upload what differs under temporary names, then verify and rename all in one step.
+
+    Idempotent: a path that already holds the same sha256 is not sent again.
+    """
+    out: list[Published | None] = []
+    pending: list[tuple[int, Upload, str]] = []
+    for i, (up, st) in enumerate(zip(uploads, state.states, strict=True)):
+        size = up.local.stat().st_size
+        if st.get("sha256") == up.sha256:
+            out.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=False))
+            continue
+        out.append(None)
+        folder = posixpath.dirname(up.remote) or "."
+        # A small margin: file system blocks and the directory entry need a little more.
+        if int(st["free_bytes"]) < size + 64 * 1024:
+            raise DeviceError(
+                f"{transport.label}: not enough space in {folder!r} on the device: "
+                f"{up.local.name} needs {size} bytes, {st['free_bytes']} free (ENOSPC); "
+                "free some space"
+            )
+        tmp = posixpath.join(folder, f".upload-{secrets.token_hex(6)}-{posixpath.basename(up.remote)}")
+        _upload_one(transport, python, up, tmp, progress)
+        pending.append((i, up, tmp))
+    if pending:
+        triples = [[tmp, up.remote, up.sha256] for _, up, tmp in pending]
+        answers = device_op(transport, python, "commit", json.dumps(triples), timeout=timeout)
+        for (i, up, _tmp), done in zip(pending, answers, strict=True):
+            if not done.get("ok"):
+                raise DeviceError(
+                    f"{transport.label}: upload of {up.local.name} to {up.remote!r} failed "
+                    f"verification: {done.get('reason')}; nothing was deployed, run again"
+                )
+            out[i] = Published(remote=up.remote, sha256=up.sha256,
+                               bytes=up.local.stat().st_size, uploaded=True)
+    return [p for p in out if p is not None]
+
+
+def _upload_one(transport: Transport, python: str, up: Upload, tmp: str,
+                progress: ProgressSink | None) -> None:
+    try:
+        transport.upload(up.local, tmp, progress=progress)
+    except DeviceError as exc:
+        # The session may still be alive (a full disk mid-write): clean up and
+        # explain; if it is gone, the next deploy removes the temporary.
+        folder = posixpath.dirname(tmp) or "."
+        try:
+            space = device_op(transport, python, "free", folder, timeout=15)
+            device_op(transport, python, "remove", tmp, timeout=15)
+        except DeviceError:
+            raise exc from None
+        if int(space["free_bytes"]) < 64 * 1024:
+            raise DeviceError(
+                f"{transport.label}: the device disk filled up while uploading {up.local.name} "
+                f"to {folder!r} (ENOSPC, {space['free_bytes']} bytes free); nothing was deployed"
+            ) from exc
+        raise
+
+
+def put_verified(transport: Transport, python: str, local: Path, remote: str, *,
+                 sha256: str | None = None, progress: ProgressSink | None = None) -> Published:
+    """Publish one file: plan, temporary upload, sha256 check on the device, rename."""
+    up = Upload.of(local, remote, sha256)
+    return publish(transport, python, [up], plan(transport, python, [up]), progress=progress)[0]

@@ -1,0 +1,73 @@
+"""Measuring an artifact on the host: accuracy, agreement with the float model, error, latency.
+
+Every model, the float32 baseline included, is measured the same way: through
+the TFLite runtime on the validation inputs, so differences come from the
+compression and quantization, not from two different executors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgec.data import Dataset
+from edgec.runtime import TFLiteModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    outputs: np.ndarray  # float outputs on the validation inputs
+    metrics: dict[str, Any]
+
+
+def gzip_size(content: bytes) -> int:
+    """Bytes after gzip -9: how well weight sparsity and sharing compress for download."""
+    return len(gzip.compress(content, compresslevel=9, mtime=0))
+
+
+def size_facts(content: bytes) -> dict[str, Any]:
+    return {"bytes": len(content), "gzip_bytes": gzip_size(content),
+            "sha256": hashlib.sha256(content).hexdigest()}
+
+
+def host_latency_ms(content: bytes, x: np.ndarray, *, threads: int = 1, warmup: int = 3,
+                    runs: int = 20) -> float:
+    """Steady-state median of single-sample invokes on this host (a guide, not the device's)."""
+    model = TFLiteModel(content, threads=threads, batch=1)
+    it = model.interpreter
+    idx = it.get_input_details()[0]["index"]
+    it.set_tensor(idx, model.quantize_input(x[:1]))
+    for _ in range(warmup):
+        it.invoke()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        it.invoke()
+        samples.append(time.perf_counter() - start)
+    return round(statistics.median(samples) * 1e3, 4)
+
+
+def evaluate(content: bytes, data: Dataset, *, reference: np.ndarray | None = None,
+             threads: int = 1, latency: bool = True) -> Evaluation:
+    """Run ``content`` on ``data.x_val``; compare with labels and with ``reference`` outputs."""
+    model = TFLiteModel(content, threads=threads)
+    out = model.predict(data.x_val)
+    metrics: dict[str, Any] = {"samples": len(data.x_val)}
+    flat = out.reshape(len(out), -1)
+    if data.y_val is not None:
+        metrics["accuracy"] = round(float(np.mean(flat.argmax(axis=1) == data.y_val)), 6)
+    if reference is not None:
+        ref = reference.reshape(len(reference), -1)
+        metrics["top1_agreement"] = round(float(np.mean(flat.argmax(1) == ref.argmax(1))), 6)
+        diff = np.abs(flat - ref)
+        metrics["max_abs_error"] = round(float(diff.max()), 6)
+        metrics["mean_abs_error"] = round(float(diff.mean()), 6)
+    if latency:
+        metrics["host_latency_ms"] = host_latency_ms(content, data.x_val, threads=threads)
+    return Evaluation(outputs=out, metrics=metrics)
