@@ -19,8 +19,12 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("build_dir", type=Path, help="a build folder OUT/<model> (or one target)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="where the PNG files go (default: docs/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="where the PNG files go (default: docs/)",
+    )
     args = parser.parse_args(argv)
 
     from edgec.errors import EdgecError

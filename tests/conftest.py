@@ -6,10 +6,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,9 @@ def digits():
 @pytest.fixture(scope="session")
 def digits_npz(tmp_path_factory, digits) -> Path:
     path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, x_train=digits.x_train, y_train=digits.y_train, x_val=digits.x_val, y_val=digits.y_val)
+    np.savez(
+        path, x_train=digits.x_train, y_train=digits.y_train, x_val=digits.x_val, y_val=digits.y_val
+    )
     return path
 
 
@@ -38,13 +40,16 @@ def cnn_model(digits):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ], name="tiny_cnn")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="tiny_cnn",
+    )
     return _train(model, digits)
 
 

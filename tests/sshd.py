@@ -39,7 +39,9 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A passphrase-less key pair at ``path`` and ``path.pub``."""
     subprocess.run(
         [_need("ssh-keygen"), "-q", "-t", kind, "-N", "", "-C", "edgec-test", "-f", str(path)],
-        check=True, stdin=subprocess.DEVNULL, capture_output=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
     )
     return path
 
@@ -99,24 +101,26 @@ class Sshd:
         sftp = "/usr/lib/openssh/sftp-server"
         cfg = self.root / "sshd_config"
         cfg.write_text(
-            "\n".join([
-                f"Port {self.port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {self.host_key}",
-                f"PidFile {self.root / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
-                "StrictModes no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
-                "MaxStartups 50",
-                "MaxSessions 50",
-                "LogLevel ERROR",
-                "",
-            ]),
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PermitRootLogin prohibit-password",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
+                    "MaxStartups 50",
+                    "MaxSessions 50",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            ),
             encoding="ascii",
         )
         return cfg
@@ -128,15 +132,18 @@ class Sshd:
             self.port = self.port or free_port()
             cfg = self._config()
             self.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"),  # noqa: SIM115
+                [SSHD, "-D", "-e", "-f", str(cfg)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.root / "sshd.log", "ab"),  # noqa: SIM115
             )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
                 ):
                     return self
                 time.sleep(0.05)
@@ -174,8 +181,9 @@ class Sshd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") and
-                                                  _alive(p) for p in pids):
+        while time.monotonic() < deadline and any(
+            os.path.exists(f"/proc/{p}") and _alive(p) for p in pids
+        ):
             time.sleep(0.02)
         return len(pids)
 

@@ -17,8 +17,18 @@ from edgec.artifact import write_artifact
 def built(tmp_path_factory, cnn_keras_file, digits_npz, run_cli_module):
     out = tmp_path_factory.mktemp("out")
     code, stdout, stderr = run_cli_module(
-        "build", cnn_keras_file, "--target", "rpi4", "--target", "phone", "--data", digits_npz,
-        "--out", out, "--json")
+        "build",
+        cnn_keras_file,
+        "--target",
+        "rpi4",
+        "--target",
+        "phone",
+        "--data",
+        digits_npz,
+        "--out",
+        out,
+        "--json",
+    )
     assert code == 0, stderr
     return out / "tiny_cnn", json.loads(stdout), stderr
 
@@ -56,12 +66,20 @@ def test_manifest_records_everything(built, cnn_keras_file):
     assert "CONV_2D" in art["ops"]
     metrics = art["metrics"]
     assert metrics["accuracy"] > 0.85 and abs(metrics["accuracy_drop"]) < 0.03
-    assert metrics["top1_agreement"] > 0.95 and "max_abs_error" in metrics and "host_latency_ms" in metrics
+    assert (
+        metrics["top1_agreement"] > 0.95
+        and "max_abs_error" in metrics
+        and "host_latency_ms" in metrics
+    )
     assert manifest["model"]["sha256"] == hashlib.sha256(cnn_keras_file.read_bytes()).hexdigest()
     assert manifest["target"]["name"] == "rpi4" and manifest["target"]["threads"] == 4
     assert manifest["versions"]["tensorflow"].startswith("2.21")
     assert manifest["budgets"]["ok"] and manifest["baseline"]["bytes"] > art["bytes"]
-    assert manifest["calibration"] == {"size": 300, "synthetic": False, "source": manifest["data"]["source"]}
+    assert manifest["calibration"] == {
+        "size": 300,
+        "synthetic": False,
+        "source": manifest["data"]["source"],
+    }
 
 
 def test_inspect_and_eval_cli(built, digits_npz, run_cli_module):
@@ -72,21 +90,42 @@ def test_inspect_and_eval_cli(built, digits_npz, run_cli_module):
     assert code == 0 and info["ops"]["CONV_2D"] == 1 and info["param_count"] > 1000
     assert info["macs"] == 8 * 8 * 8 * 9 + 512 * 32 + 32 * 10  # conv + two dense layers
     code, out, _ = run_cli_module("inspect", model)
-    assert code == 0 and "FULLY_CONNECTED" in out and "scale" not in out.split("inputs:")[1].split("\n")[1]
+    assert (
+        code == 0
+        and "FULLY_CONNECTED" in out
+        and "scale" not in out.split("inputs:")[1].split("\n")[1]
+    )
     code, out, _ = run_cli_module("eval", model, "--data", digits_npz, "--json")
     assert code == 0 and json.loads(out)["accuracy"] > 0.85
 
 
-def test_budget_failure_writes_nothing_unless_kept(tmp_path, cnn_keras_file, digits_npz, run_cli_module):
+def test_budget_failure_writes_nothing_unless_kept(
+    tmp_path, cnn_keras_file, digits_npz, run_cli_module
+):
     profile = tmp_path / "tight.toml"
     profile.write_text('extends = "rpi4"\n[budgets]\nmodel_bytes = 1000\n')
-    code, _, err = run_cli_module("build", cnn_keras_file, "-t", profile, "-d", digits_npz, "-o", tmp_path / "o")
+    code, _, err = run_cli_module(
+        "build", cnn_keras_file, "-t", profile, "-d", digits_npz, "-o", tmp_path / "o"
+    )
     assert code == 5 and "model_bytes" in err and "exceeds 1,000 B" in err
     assert not (tmp_path / "o" / "tiny_cnn" / "tight").exists()
-    code, _, _ = run_cli_module("build", cnn_keras_file, "-t", profile, "-d", digits_npz,
-                                "-o", tmp_path / "o", "--keep-failed")
+    code, _, _ = run_cli_module(
+        "build",
+        cnn_keras_file,
+        "-t",
+        profile,
+        "-d",
+        digits_npz,
+        "-o",
+        tmp_path / "o",
+        "--keep-failed",
+    )
     manifest = json.loads((tmp_path / "o" / "tiny_cnn" / "tight" / "manifest.json").read_text())
-    assert code == 5 and manifest["budgets"]["ok"] is False and manifest["budgets"]["kept_despite_failure"]
+    assert (
+        code == 5
+        and manifest["budgets"]["ok"] is False
+        and manifest["budgets"]["kept_despite_failure"]
+    )
 
 
 def test_artifact_write_is_atomic(tmp_path):
@@ -112,7 +151,9 @@ def test_demo_builds_rpi4(tmp_path, run_cli_module):
 
 def _cli(*args, cwd: Path):
     exe = Path(sys.executable).with_name("edgec")
-    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digits, run_cli_module):

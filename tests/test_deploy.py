@@ -46,8 +46,12 @@ def _artifact(folder: Path, content: bytes, target: dict | None, name: str) -> P
     folder.mkdir(parents=True)
     (folder / "model.tflite").write_bytes(content)
     if target is not None:
-        manifest = {"schema": "edgec.manifest/1", "model": {"name": name}, "target": target,
-                    "artifacts": [{"file": "model.tflite", "bytes": len(content)}]}
+        manifest = {
+            "schema": "edgec.manifest/1",
+            "model": {"name": name},
+            "target": target,
+            "artifacts": [{"file": "model.tflite", "bytes": len(content)}],
+        }
         (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return folder
 
@@ -61,12 +65,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("artifacts")
-    tiny = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"),
-                             keras.layers.Dense(4)])
+    tiny = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
+    )
     big = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(10)])
     out = {
-        "tiny": _artifact(root / "tiny" / "x86-64", _convert(tiny),
-                          load_profile("x86-64").to_dict(), "tiny"),
+        "tiny": _artifact(
+            root / "tiny" / "x86-64", _convert(tiny), load_profile("x86-64").to_dict(), "tiny"
+        ),
         "big": root / "big.tflite",
     }
     out["big"].write_bytes(_convert(big))
@@ -103,8 +109,15 @@ def devices_toml(path: Path, entries: dict[str, dict]) -> Path:
 
 
 def device_entry(server: Sshd, client: ClientKeys, workdir: Path, **extra) -> dict:
-    return {"host": "127.0.0.1", "port": server.port, "user": server.user,
-            "key": str(client.key), "python": sys.executable, "workdir": str(workdir), **extra}
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "user": server.user,
+        "key": str(client.key),
+        "python": sys.executable,
+        "workdir": str(workdir),
+        **extra,
+    }
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -151,8 +164,20 @@ def test_bench_end_to_end_over_ssh(env, models, tmp_path):
     shutil.copytree(models["tiny"], art)
     work = tmp_path / NASTY
     devs = devices_toml(tmp_path / "devices.toml", {"board-1": device_entry(server, client, work)})
-    code, out, err = cli("bench", str(art), "--device", "board-1", "--devices", str(devs),
-                         "--runs", "30", "--warmup", "2", "--threads", "2")
+    code, out, err = cli(
+        "bench",
+        str(art),
+        "--device",
+        "board-1",
+        "--devices",
+        str(devs),
+        "--runs",
+        "30",
+        "--warmup",
+        "2",
+        "--threads",
+        "2",
+    )
     assert code == 0, err
     assert "running the harness" in err and "done: 30 runs" in err  # streamed progress
     result = json.loads((art / "results" / "bench-board-1.json").read_text())
@@ -167,6 +192,35 @@ def test_bench_end_to_end_over_ssh(env, models, tmp_path):
     assert "board-1" in out and " ok " in out  # the comparison table
     report = (art / "report.md").read_text()
     assert "board-1" in report  # latency and memory made it into the report
+
+    code, out, err = cli(
+        "bench", str(art), "--device", "board-1", "--devices", str(devs), "--runs", "7"
+    )
+    assert code == 0, err
+    assert "already on device (same sha256), not re-uploaded" in err
+    again = json.loads((art / "results" / "bench-board-1.json").read_text())
+    assert again["steady"]["count"] == 7 and again["remote"]["uploaded"] is False
+    assert result["remote"]["uploaded"] is True
+
+    import numpy as np
+
+    np.save(tmp_path / "x in.npy", np.ones((1, 16), np.float32))
+    code, _, err = cli(
+        "bench",
+        str(art),
+        "--device",
+        "board-1",
+        "--devices",
+        str(devs),
+        "--runs",
+        "3",
+        "--inputs",
+        str(tmp_path / "x in.npy"),
+    )
+    assert code == 0, err
+    with_inputs = json.loads((art / "results" / "bench-board-1.json").read_text())
+    assert with_inputs["params"]["input"].endswith("x_in.npy")
+    assert with_inputs["output_checksum"] != again["output_checksum"]
     no_injection(work, tmp_path)
 
 
@@ -183,6 +237,23 @@ def test_local_device_and_budget_exceeded(env, models, tmp_path):
     assert "EXCEEDED" in out
 
 
+def test_micro_artifact_runs_on_the_tflm_interpreter(env, models, tmp_path):
+    from edgec.profiles import load_profile
+
+    art = _artifact(
+        tmp_path / "m4",
+        (models["tiny"] / "model.tflite").read_bytes(),
+        load_profile("cortex-m4").to_dict(),
+        "tiny",
+    )
+    code, out, err = cli("bench", str(art), "--runs", "5", "--json")
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert result["runtime"]["name"] == "tflm" and result["threads"] == 1
+    # A microcontroller's RAM budget is its arena, not this process's RSS.
+    assert result["budgets"]["checks"] == [] and "arena" in result["budgets"]["note"]
+
+
 def test_ssh_config_alias_is_honoured(env, models, tmp_path):
     client, server, _ = env
     key = tmp_path / "keys" / "special"
@@ -190,13 +261,18 @@ def test_ssh_config_alias_is_honoured(env, models, tmp_path):
     shutil.copy(client.key, key)  # not a default name: only IdentityFile can find it
     os.chmod(key, 0o600)
     config = client.home / ".ssh" / "config"
-    config.write_text(f"Host my-board\n  HostName 127.0.0.1\n  Port {server.port}\n"
-                      f"  User {server.user}\n  IdentityFile {key}\n", encoding="utf-8")
+    config.write_text(
+        f"Host my-board\n  HostName 127.0.0.1\n  Port {server.port}\n"
+        f"  User {server.user}\n  IdentityFile {key}\n",
+        encoding="utf-8",
+    )
     default_key = client.key.rename(client.key.with_name("moved-away"))
     try:
         work = tmp_path / "w"
-        devs = devices_toml(tmp_path / "d.toml", {"b": {"host": "my-board", "python": sys.executable,
-                                                        "workdir": str(work)}})
+        devs = devices_toml(
+            tmp_path / "d.toml",
+            {"b": {"host": "my-board", "python": sys.executable, "workdir": str(work)}},
+        )
         code, out, err = cli("device", "check", "b", "--devices", str(devs))
         assert code == 0, err
         assert out.startswith("b: ok:") and "numpy" in out and "litert" in out
@@ -210,15 +286,23 @@ def test_unknown_host_key_refused_until_accepted(env, models, tmp_path):
     client, server, _ = env
     client.known_hosts.rename(tmp_path / "saved_known_hosts")
     try:
-        devs = devices_toml(tmp_path / "d.toml",
-                            {"dev": device_entry(server, client, tmp_path / "w")})
+        devs = devices_toml(
+            tmp_path / "d.toml", {"dev": device_entry(server, client, tmp_path / "w")}
+        )
         code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
         assert code == 6 and "unknown host key SHA256:" in err and "refusing" in err
         assert len(err.strip().splitlines()) == 1
         assert not client.known_hosts.exists()
 
-        code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices",
-                           str(devs), "--accept-new-host-key")
+        code, _, err = cli(
+            "deploy",
+            str(models["tiny"]),
+            "--device",
+            "dev",
+            "--devices",
+            str(devs),
+            "--accept-new-host-key",
+        )
         assert code == 0, err
         assert client.known_hosts.read_text() == server.known_hosts_line()
         code, _, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
@@ -234,11 +318,13 @@ def test_changed_host_key_is_always_refused(env, models, tmp_path):
     saved = client.known_hosts.read_text()
     client.known_hosts.write_text(f"[127.0.0.1]:{server.port} {kind} {b64}\n")
     try:
-        devs = devices_toml(tmp_path / "d.toml",
-                            {"dev": device_entry(server, client, tmp_path / "w")})
+        devs = devices_toml(
+            tmp_path / "d.toml", {"dev": device_entry(server, client, tmp_path / "w")}
+        )
         for extra in ([], ["--accept-new-host-key"]):
-            code, _, err = cli("bench", str(models["tiny"]), "--device", "dev", "--devices",
-                               str(devs), *extra)
+            code, _, err = cli(
+                "bench", str(models["tiny"]), "--device", "dev", "--devices", str(devs), *extra
+            )
             assert code == 6 and "host key CHANGED" in err and "ssh-keygen" in err
         assert client.known_hosts.read_text() == f"[127.0.0.1]:{server.port} {kind} {b64}\n"
         assert not (models["tiny"] / "results").exists()  # nothing recorded
@@ -249,15 +335,19 @@ def test_changed_host_key_is_always_refused(env, models, tmp_path):
 def test_wrong_credentials_and_unreachable_host(env, models, tmp_path):
     client, server, _ = env
     stranger = keygen(tmp_path / "stranger")
-    devs = devices_toml(tmp_path / "d.toml", {
-        "wrongkey": device_entry(server, client, tmp_path / "w", key=str(stranger)),
-        "nobody": device_entry(server, client, tmp_path / "w", user="no-such-user"),
-    })
+    devs = devices_toml(
+        tmp_path / "d.toml",
+        {
+            "wrongkey": device_entry(server, client, tmp_path / "w", key=str(stranger)),
+            "nobody": device_entry(server, client, tmp_path / "w", user="no-such-user"),
+        },
+    )
     # Keep ~/.ssh's own key out of it: only the configured (wrong) key may be tried.
     moved = client.key.rename(client.key.with_name("moved-away"))
     try:
-        code, _, err = cli("deploy", str(models["tiny"]), "--device", "wrongkey", "--devices",
-                           str(devs))
+        code, _, err = cli(
+            "deploy", str(models["tiny"]), "--device", "wrongkey", "--devices", str(devs)
+        )
         assert code == 6 and "authentication failed for user" in err
     finally:
         moved.rename(client.key)
@@ -265,8 +355,14 @@ def test_wrong_credentials_and_unreachable_host(env, models, tmp_path):
     assert code == 6 and "authentication failed for user 'no-such-user'" in err
 
     port = free_port()  # nothing listens there
-    code, _, err = cli("deploy", str(models["tiny"]), "--device", f"root@127.0.0.1:{port}",
-                       "--connect-timeout", "3")
+    code, _, err = cli(
+        "deploy",
+        str(models["tiny"]),
+        "--device",
+        f"root@127.0.0.1:{port}",
+        "--connect-timeout",
+        "3",
+    )
     assert code == 6 and "cannot reach the device" in err and len(err.strip().splitlines()) == 1
 
 
@@ -286,7 +382,7 @@ def test_connection_killed_mid_upload_then_clean_retry(env, models, tmp_path):
 
     transport = connect(device, ConnectOptions())
     try:
-        with pytest.raises(DeviceError, match="connection dropped while uploading big.tflite"):
+        with pytest.raises(DeviceError, match=r"connection dropped while uploading big\.tflite"):
             deploy_to(transport, device, artifact, progress=cut)
     finally:
         transport.close()
@@ -295,15 +391,17 @@ def test_connection_killed_mid_upload_then_clean_retry(env, models, tmp_path):
     final = work / "models" / "big" / digest[:12] / "big.tflite"
     assert not final.exists()  # nothing that looks deployed
     leftovers = list(final.parent.glob(".upload-*"))
-    assert len(leftovers) <= 1 and all(p.stat().st_size < artifact.model.stat().st_size
-                                       for p in leftovers)
+    assert len(leftovers) <= 1 and all(
+        p.stat().st_size < artifact.model.stat().st_size for p in leftovers
+    )
 
     transport = connect(device, ConnectOptions())
     try:
         dep = deploy_to(transport, device, artifact)
+        transport.download(dep.model.remote, tmp_path / "back.tflite")  # the third verb
     finally:
         transport.close()
-    assert dep.model.uploaded and sha(final) == digest
+    assert dep.model.uploaded and sha(final) == digest == sha(tmp_path / "back.tflite")
     no_injection(work)
 
 
@@ -327,10 +425,13 @@ def test_missing_runtime_then_device_setup(env, models, tmp_path):
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     work = tmp_path / "setup work"
-    devs = devices_toml(tmp_path / "d.toml", {
-        "bare": device_entry(server, client, work, python=str(bare / "bin" / "python")),
-        "fresh": {k: v for k, v in device_entry(server, client, work).items() if k != "python"},
-    })
+    devs = devices_toml(
+        tmp_path / "d.toml",
+        {
+            "bare": device_entry(server, client, work, python=str(bare / "bin" / "python")),
+            "fresh": {k: v for k, v in device_entry(server, client, work).items() if k != "python"},
+        },
+    )
     code, _, err = cli("bench", str(models["tiny"]), "--device", "bare", "--devices", str(devs))
     assert code == 6
     assert "is missing numpy and a TFLite runtime" in err
@@ -338,8 +439,18 @@ def test_missing_runtime_then_device_setup(env, models, tmp_path):
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    code, out, err = cli("device", "setup", "fresh", "--devices", str(devs), "--wheels",
-                         str(wheels), "--python", sys.executable, "--system-site-packages")
+    code, out, err = cli(
+        "device",
+        "setup",
+        "fresh",
+        "--devices",
+        str(devs),
+        "--wheels",
+        str(wheels),
+        "--python",
+        sys.executable,
+        "--system-site-packages",
+    )
     assert code == 0, err
     venv_python = work / "venv" / "bin" / "python"
     assert venv_python.exists() and str(venv_python) in out
@@ -355,8 +466,20 @@ def test_harness_timeout_and_crash(env, models, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(models["tiny"], art)
     start = time.monotonic()
-    code, _, err = cli("bench", str(art), "--device", "dev", "--devices", str(devs),
-                       "--runs", "1", "--min-secs", "120", "--timeout", "2")
+    code, _, err = cli(
+        "bench",
+        str(art),
+        "--device",
+        "dev",
+        "--devices",
+        str(devs),
+        "--runs",
+        "1",
+        "--min-secs",
+        "120",
+        "--timeout",
+        "2",
+    )
     assert code == 6 and "did not finish within 2 s and was killed" in err
     assert time.monotonic() - start < 30
     assert not (art / "results").exists()
@@ -387,14 +510,28 @@ def test_fleet_with_one_device_down(env, models, tmp_path):
         entries = {"a": device_entry(server, client, tmp_path / "wa", groups=["lab"])}
         for i, s in enumerate(extra):
             entries[f"b{i}"] = device_entry(s, client, tmp_path / f"wb{i}", groups=["lab"])
-        entries["down"] = {**device_entry(server, client, tmp_path / "wd", groups=["lab"]),
-                           "port": down}
+        entries["down"] = {
+            **device_entry(server, client, tmp_path / "wd", groups=["lab"]),
+            "port": down,
+        }
         entries["other"] = device_entry(server, client, tmp_path / "wo", groups=["elsewhere"])
         devs = devices_toml(tmp_path / "d.toml", entries)
         art = tmp_path / "art"
         shutil.copytree(models["tiny"], art)
-        code, out, err = cli("bench", str(art), "--group", "lab", "--devices", str(devs),
-                             "--runs", "10", "--jobs", "3", "--connect-timeout", "3")
+        code, out, err = cli(
+            "bench",
+            str(art),
+            "--group",
+            "lab",
+            "--devices",
+            str(devs),
+            "--runs",
+            "10",
+            "--jobs",
+            "3",
+            "--connect-timeout",
+            "3",
+        )
         assert code == 6
         assert "1 of 4 devices failed (down)" in err and "cannot reach" in err
         stored = sorted(p.name for p in (art / "results").glob("*.json"))
@@ -410,8 +547,10 @@ def test_fleet_with_one_device_down(env, models, tmp_path):
 
 # ---------------------------------------------------------------- devices file
 def test_devices_file_and_specs(tmp_path):
-    good = devices_toml(tmp_path / "d.toml", {"pi": {"host": "10.0.0.5", "port": 2222,
-                                                     "groups": ["lab"], "profile": "rpi4"}})
+    good = devices_toml(
+        tmp_path / "d.toml",
+        {"pi": {"host": "10.0.0.5", "port": 2222, "groups": ["lab"], "profile": "rpi4"}},
+    )
     pi = load_devices(good)["pi"]
     assert (pi.host, pi.port, pi.groups, pi.workdir) == ("10.0.0.5", 2222, ("lab",), ".edgec")
     bad = devices_toml(tmp_path / "bad.toml", {"pi": {"host": "x", "prot": 22}})

@@ -29,10 +29,14 @@ def model_file(tmp_path_factory) -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(), keras.layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
     path = tmp_path_factory.mktemp("harness-model") / "model.tflite"
     path.write_bytes(_convert(model))
     return path
@@ -48,8 +52,14 @@ def lone_harness(tmp_path_factory) -> Path:
 
 def run_harness(harness: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, str(harness), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=harness.parent, env=env)
+    return subprocess.run(
+        [sys.executable, str(harness), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=harness.parent,
+        env=env,
+    )
 
 
 def doc_of(proc: subprocess.CompletedProcess) -> dict:
@@ -78,8 +88,10 @@ def test_report_has_every_field_of_the_method(lone_harness, model_file):
     assert doc["platform"]["cpu_count"] == os.cpu_count()
     assert doc["platform"]["python"] == ".".join(map(str, sys.version_info[:3]))
     # LiteRT's Python API has no op profiler: said plainly, not faked.
-    assert doc["op_profile"]["available"] is False and "no per-op timings" in doc["op_profile"][
-        "reason"]
+    assert (
+        doc["op_profile"]["available"] is False
+        and "no per-op timings" in doc["op_profile"]["reason"]
+    )
     assert sum(doc["op_profile"]["execution_plan_ops"].values()) >= 1
     assert "edgec-harness: pid" in proc.stderr and "edgec-harness: done" in proc.stderr
 
@@ -93,13 +105,21 @@ def test_never_imports_edgec_click_or_tensorflow(lone_harness, model_file):
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print('FORBIDDEN', json.dumps(bad), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", probe], capture_output=True,
-                          text=True, cwd=lone_harness.parent, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=lone_harness.parent,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("FORBIDDEN"))
     assert json.loads(line.split(" ", 1)[1]) == []
-    imported = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines()
-                if ln.startswith("import time:")]
+    imported = [
+        ln.rsplit("|", 1)[-1].strip()
+        for ln in proc.stderr.splitlines()
+        if ln.startswith("import time:")
+    ]
     assert "ai_edge_litert.interpreter" in imported  # the check does see real imports
     assert not [m for m in imported if m.split(".")[0] in FORBIDDEN]
 
@@ -113,10 +133,16 @@ def test_seeded_inputs_are_reproducible_and_files_work(lone_harness, model_file,
     x = np.random.default_rng(3).uniform(-1, 1, (1, 8, 8, 1)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.savez(tmp_path / "x.npz", x[0])  # without the batch axis, by position
-    d = doc_of(run_harness(lone_harness, str(model_file), "--runs", "2",
-                           "--input", str(tmp_path / "x.npy")))
-    e = doc_of(run_harness(lone_harness, str(model_file), "--runs", "2",
-                           "--input", str(tmp_path / "x.npz")))
+    d = doc_of(
+        run_harness(
+            lone_harness, str(model_file), "--runs", "2", "--input", str(tmp_path / "x.npy")
+        )
+    )
+    e = doc_of(
+        run_harness(
+            lone_harness, str(model_file), "--runs", "2", "--input", str(tmp_path / "x.npz")
+        )
+    )
     assert d["output_checksum"] == e["output_checksum"] != a["output_checksum"]
     assert d["params"]["input"].endswith("x.npy")
 
@@ -130,8 +156,9 @@ def test_min_and_max_secs_bound_the_steady_state(lone_harness, model_file):
     longer = doc_of(run_harness(lone_harness, str(model_file), "--runs", "1", "--min-secs", "0.3"))
     assert longer["steady"]["count"] > 1
     assert sum(longer["steady"]["samples_ms"]) > 0.2 * 1000 * 0.3  # ran for ~0.3 s of invokes
-    capped = doc_of(run_harness(lone_harness, str(model_file), "--runs", "100000000",
-                                "--max-secs", "0.3"))
+    capped = doc_of(
+        run_harness(lone_harness, str(model_file), "--runs", "100000000", "--max-secs", "0.3")
+    )
     assert 1 <= capped["steady"]["count"] < 100000000
 
 
@@ -140,8 +167,9 @@ def test_tflm_runtime_and_missing_runtime(lone_harness, model_file):
     assert micro["runtime"]["name"] == "tflm" and micro["threads"] == 1
     lite = doc_of(run_harness(lone_harness, str(model_file), "--runs", "2"))
     # The same seeded input through two interpreters: the same float model, close outputs.
-    assert micro["output_checksum"]["sum"] == pytest.approx(lite["output_checksum"]["sum"],
-                                                            abs=1e-3)
+    assert micro["output_checksum"]["sum"] == pytest.approx(
+        lite["output_checksum"]["sum"], abs=1e-3
+    )
     missing = run_harness(lone_harness, str(model_file), "--runtime", "tflite_runtime")
     assert missing.returncode == 4 and "pip install ai-edge-litert" in missing.stderr
 
@@ -157,20 +185,38 @@ def test_corrupt_model_fails_cleanly(lone_harness, tmp_path):
 
 def test_watchdog_kills_a_hung_run(lone_harness, model_file):
     start = time.monotonic()
-    proc = run_harness(lone_harness, str(model_file), "--runs", "1", "--min-secs", "60",
-                       "--timeout", "1", timeout=30)
+    proc = run_harness(
+        lone_harness,
+        str(model_file),
+        "--runs",
+        "1",
+        "--min-secs",
+        "60",
+        "--timeout",
+        "1",
+        timeout=30,
+    )
     assert proc.returncode == -14  # SIGALRM, default action: the process is gone
     assert time.monotonic() - start < 15 and proc.stdout == ""
 
 
 def test_runs_as_module_and_as_zip(model_file, tmp_path):
-    as_module = subprocess.run([sys.executable, "-m", "edgec.harness", str(model_file), "--runs",
-                                "2", "--quiet"], capture_output=True, text=True, timeout=120)
+    as_module = subprocess.run(
+        [sys.executable, "-m", "edgec.harness", str(model_file), "--runs", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(doc_of(as_module)["steady"]["count"].__str__()) == 2
     archive = tmp_path / "harness.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(HARNESS_DIR / "harness.py", "harness.py")
         zf.write(HARNESS_DIR / "__main__.py", "__main__.py")
-    as_zip = subprocess.run([sys.executable, str(archive), str(model_file), "--runs", "3"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    as_zip = subprocess.run(
+        [sys.executable, str(archive), str(model_file), "--runs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert doc_of(as_zip)["steady"]["count"] == 3

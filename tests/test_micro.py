@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from edgec.convert import ConvertOptions, convert
@@ -64,7 +63,9 @@ def int8_model(digits) -> bytes:
 
 @pytest.fixture(scope="module")
 def report(int8_model, digits):
-    return fit_report(int8_model, load_profile("cortex-m4"), digits.x_val[:48], trusted=True)
+    return fit_report(
+        int8_model, load_profile("cortex-m4"), digits.x_val[:60], trusted=True, max_rows=48
+    )
 
 
 def test_fit_report_measures_the_arena_and_agrees_with_litert(report, int8_model):
@@ -82,8 +83,20 @@ def test_fit_report_measures_the_arena_and_agrees_with_litert(report, int8_model
     assert report.agreement is not None and report.agreement.ok
     assert report.agreement.rows == 48
     assert report.agreement.top1_agreement >= 0.99
+    assert report.agreement.decisive_rows > 24 and report.agreement.decisive_top1_agreement == 1.0
     assert report.agreement.max_diff_steps <= 2
+    assert report.agreement.optimized_top1_agreement is not None  # LiteRT's default kernels too
     assert report.inputs_source == "given"
+
+
+def test_disagreement_with_litert_fails_the_build(report):
+    from dataclasses import replace
+
+    ag = replace(report.agreement, ok=False, decisive_top1_agreement=0.5)
+    bad = replace(report, agreement=ag)
+    assert not bad.ok
+    with pytest.raises(ConversionError, match=r"TFLM and LiteRT .* disagree .* 50\.00% over"):
+        bad.raise_for_failures()
 
 
 def test_arena_figure_is_exact_in_tflm(report, int8_model):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 def _modules_after(code: str, cwd: Path) -> set[str]:
     probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True
+    )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -38,7 +40,15 @@ def test_only_edgec_is_importable_from_site_packages(tmp_path):
         "print(json.dumps({n: importlib.util.find_spec(n) is not None "
         "for n in ['edgec', 'edgec.targets', 'edgec.harness', 'toolchain', 'targets', 'benchmarks']}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     found = json.loads(out.stdout)
-    assert found == {"edgec": True, "edgec.targets": True, "edgec.harness": True,
-                     "toolchain": False, "targets": False, "benchmarks": False}
+    assert found == {
+        "edgec": True,
+        "edgec.targets": True,
+        "edgec.harness": True,
+        "toolchain": False,
+        "targets": False,
+        "benchmarks": False,
+    }

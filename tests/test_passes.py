@@ -10,24 +10,24 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from edgec.convert import ConvertOptions, convert  # noqa: E402
-from edgec.data import Dataset, demo_dataset  # noqa: E402
-from edgec.errors import RecipeError, UnsupportedModelError  # noqa: E402
-from edgec.passes import get_pass, pass_ids  # noqa: E402
-from edgec.passes.cluster import ClusterParams, ClusterPass, kmeans_1d  # noqa: E402
-from edgec.passes.distill import DistillParams, DistillPass  # noqa: E402
-from edgec.passes.lowrank import LowRankParams, LowRankPass  # noqa: E402
-from edgec.passes.prune import (  # noqa: E402
+from edgec.convert import ConvertOptions, convert
+from edgec.data import Dataset, demo_dataset
+from edgec.errors import RecipeError, UnsupportedModelError
+from edgec.passes import get_pass, pass_ids
+from edgec.passes.cluster import ClusterParams, ClusterPass, kmeans_1d
+from edgec.passes.distill import DistillParams, DistillPass
+from edgec.passes.lowrank import LowRankParams, LowRankPass
+from edgec.passes.prune import (
     PruneParams,
     PrunePass,
     holds_2_4,
     polynomial_sparsity,
 )
-from edgec.pipeline import PassContext, PassManager, count_params  # noqa: E402
-from edgec.profiles import Quantization  # noqa: E402
-from edgec.runtime import TFLiteModel  # noqa: E402
+from edgec.pipeline import PassContext, PassManager, count_params
+from edgec.profiles import Quantization
+from edgec.runtime import TFLiteModel
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,11 @@ def digits() -> Dataset:
 @pytest.fixture(scope="module")
 def flat_digits(digits: Dataset) -> Dataset:
     return Dataset(
-        x_train=digits.x_train.reshape(-1, 64), y_train=digits.y_train,
-        x_val=digits.x_val.reshape(-1, 64), y_val=digits.y_val, source="digits, flattened",
+        x_train=digits.x_train.reshape(-1, 64),
+        y_train=digits.y_train,
+        x_val=digits.x_val.reshape(-1, 64),
+        y_val=digits.y_val,
+        source="digits, flattened",
     )
 
 
@@ -53,13 +56,15 @@ def _train(model, data: Dataset, epochs: int):
 @pytest.fixture(scope="module")
 def cnn(digits: Dataset):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     return _train(model, digits, 8)
 
 
@@ -121,11 +126,16 @@ def test_prune_reaches_and_keeps_sparsity_through_fine_tuning(cnn, digits) -> No
     for name, k in _kernels(cnn).items():
         np.testing.assert_array_equal(k, before[name])
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Conv2D", "Flatten", "Dense", "Dense"
+        "Conv2D",
+        "Flatten",
+        "Dense",
+        "Dense",
     ]
     for name, k in _kernels(model).items():
         assert np.mean(k == 0) == pytest.approx(0.8, abs=0.01), name
-        assert result.details["sparsity_per_layer"][name] == pytest.approx(np.mean(k == 0), abs=1e-4)
+        assert result.details["sparsity_per_layer"][name] == pytest.approx(
+            np.mean(k == 0), abs=1e-4
+        )
     # The masks held for every fine-tuning step: the schedule ran over all of them.
     assert result.details["steps"] == 2 * int(np.ceil(len(digits.x_train) / 32))
     # Accuracy measured on the real int8 artifact; pruned kernels gzip smaller.
@@ -137,8 +147,9 @@ def test_prune_reaches_and_keeps_sparsity_through_fine_tuning(cnn, digits) -> No
 
 
 def test_prune_constant_global_with_exclusion(cnn, digits) -> None:
-    params = PruneParams(schedule="constant", final_sparsity=0.6, scope="global",
-                         exclude=("Conv2D",), epochs=0)
+    params = PruneParams(
+        schedule="constant", final_sparsity=0.6, scope="global", exclude=("Conv2D",), epochs=0
+    )
     result = PrunePass(params).run(cnn, _ctx(digits))
     kernels = _kernels(result.model)
     assert np.mean(kernels["conv2d"] == 0) == 0.0  # excluded by class name
@@ -153,10 +164,17 @@ def test_prune_constant_global_with_exclusion(cnn, digits) -> None:
 
 def test_prune_2_4_pattern(flat_digits) -> None:
     keras.utils.set_random_seed(0)
-    mlp = _train(keras.Sequential([
-        keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ]), flat_digits, 2)
+    mlp = _train(
+        keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        ),
+        flat_digits,
+        2,
+    )
     result = PrunePass(PruneParams(structured_2_4=True, epochs=1)).run(mlp, _ctx(flat_digits))
     for name, k in _kernels(result.model).items():
         assert holds_2_4(k), name
@@ -207,11 +225,18 @@ def test_lowrank_is_exact_on_low_rank_kernels_in_a_residual_model(digits) -> Non
 
 
 def test_lowrank_param_fraction_then_fine_tune(flat_digits) -> None:
-    mlp = _train(keras.Sequential([
-        keras.Input((64,)), keras.layers.Dense(256, activation="relu", name="h1"),
-        keras.layers.Dense(128, activation="relu", name="h2"),
-        keras.layers.Dense(10, activation="softmax", name="out"),
-    ]), flat_digits, 6)
+    mlp = _train(
+        keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(256, activation="relu", name="h1"),
+                keras.layers.Dense(128, activation="relu", name="h2"),
+                keras.layers.Dense(10, activation="softmax", name="out"),
+            ]
+        ),
+        flat_digits,
+        6,
+    )
     params = LowRankParams(param_fraction=0.2, min_params=1000, epochs=2)
     result = LowRankPass(params).run(mlp, _ctx(flat_digits))
     assert isinstance(result.model, keras.Sequential)
@@ -235,10 +260,14 @@ def test_distill_width_student_is_smaller_and_keeps_softmax(cnn, digits) -> None
 
 
 def test_distill_user_student_from_file(residual, digits, tmp_path) -> None:
-    student = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    student = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     path = tmp_path / "student.keras"
     student.save(path)
     result = DistillPass(DistillParams(student=str(path), epochs=2)).run(residual, _ctx(digits))
@@ -270,9 +299,14 @@ def test_cluster_after_prune_keeps_k_values_and_zeros(cnn, digits) -> None:
 def test_cluster_without_fine_tuning_needs_no_data(cnn) -> None:
     p = ClusterPass(ClusterParams(k=4, epochs=0, preserve_sparsity=False))
     assert p.needs_data is False
-    synthetic = Dataset(x_train=np.zeros((4, 8, 8, 1), np.float32), y_train=None,
-                        x_val=np.zeros((4, 8, 8, 1), np.float32), y_val=None,
-                        source="none", synthetic=True)
+    synthetic = Dataset(
+        x_train=np.zeros((4, 8, 8, 1), np.float32),
+        y_train=None,
+        x_val=np.zeros((4, 8, 8, 1), np.float32),
+        y_val=None,
+        source="none",
+        synthetic=True,
+    )
     model, _ = PassManager([p]).run(cnn, _ctx(synthetic))
     assert all(np.unique(k).size <= 4 for k in _kernels(model).values())
 

@@ -12,7 +12,14 @@ from edgec.errors import RecipeError, UsageError
 from edgec.passes.cluster import ClusterPass
 from edgec.passes.prune import PrunePass, Schedule
 from edgec.profiles import load_profile
-from edgec.recipe import Recipe, Step, load_recipe, parse_override, recipe_from_profile
+from edgec.recipe import (
+    Recipe,
+    Step,
+    load_recipe,
+    parse_override,
+    recipe_from_profile,
+    resolve_recipe,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "recipes" / "prune-int8.toml"
 
@@ -37,7 +44,9 @@ def test_example_recipe_loads_and_instantiates() -> None:
 
 
 def test_order_is_free_and_params_are_typed(tmp_path: Path) -> None:
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 name = "three"
 [[pass]]
 id = "lowrank"
@@ -49,7 +58,8 @@ exclude = ["dense_2", "Conv2D"]
 [[pass]]
 id = "cluster"
 k = 16
-""")
+""",
+    )
     recipe = load_recipe(path)
     assert [s.id for s in recipe.steps] == ["lowrank", "prune", "cluster"]
     prune = recipe.instantiate()[1]
@@ -59,7 +69,9 @@ k = 16
 
 def test_unknown_pass_id_lists_the_valid_ones(tmp_path: Path) -> None:
     path = _write(tmp_path, '[[pass]]\nid = "purne"\n')
-    with pytest.raises(RecipeError, match="unknown pass 'purne'; valid: cluster, distill, lowrank, prune"):
+    with pytest.raises(
+        RecipeError, match="unknown pass 'purne'; valid: cluster, distill, lowrank, prune"
+    ):
         load_recipe(path)
 
 
@@ -83,7 +95,7 @@ def test_unknown_param_lists_the_valid_ones(tmp_path: Path) -> None:
         ('id = "cluster"\nk = 1', "2 <= k <= 256"),
         ('id = "cluster"\npreserve_sparsity = "yes"', "true or false"),
         ('id = "lowrank"\nenergy = 0', "0 < energy <= 1"),
-        ('final_sparsity = 0.8', "needs an 'id'"),
+        ("final_sparsity = 0.8", "needs an 'id'"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, table: str, needle: str) -> None:
@@ -104,11 +116,16 @@ def test_parse_override_values_are_toml_literals() -> None:
     step = parse_override('prune:final_sparsity=0.9,epochs=2,exclude=["a", "b"],schedule=constant')
     assert step.id == "prune"
     assert dict(step.params) == {
-        "final_sparsity": 0.9, "epochs": 2, "exclude": ["a", "b"], "schedule": "constant",
+        "final_sparsity": 0.9,
+        "epochs": 2,
+        "exclude": ["a", "b"],
+        "schedule": "constant",
     }
     assert parse_override("cluster").params == {}
     assert parse_override("cluster:preserve_sparsity=false").params == {"preserve_sparsity": False}
-    assert parse_override('distill:student="my model.keras"').params == {"student": "my model.keras"}
+    assert parse_override('distill:student="my model.keras"').params == {
+        "student": "my model.keras"
+    }
 
 
 @pytest.mark.parametrize(
@@ -127,8 +144,9 @@ def test_parse_override_errors(text: str, needle: str) -> None:
 
 def test_overrides_merge_into_same_id_or_append() -> None:
     recipe = load_recipe(EXAMPLE)
-    merged = recipe.with_overrides([parse_override("prune:final_sparsity=0.9,epochs=1"),
-                                    parse_override("cluster:k=8")])
+    merged = recipe.with_overrides(
+        [parse_override("prune:final_sparsity=0.9,epochs=1"), parse_override("cluster:k=8")]
+    )
     assert [s.id for s in merged.steps] == ["prune", "cluster"]
     prune = merged.instantiate()[0].params
     assert prune.final_sparsity == 0.9 and prune.epochs == 1 and prune.frequency == 10
@@ -148,3 +166,12 @@ def test_recipe_from_profile() -> None:
     bad = dataclasses.replace(profile, passes=({"id": "prune", "k": 3},))
     with pytest.raises(RecipeError, match="profile rpi4: pass 'prune' has no parameter 'k'"):
         recipe_from_profile(bad)
+
+
+def test_resolve_recipe_file_then_overrides() -> None:
+    profile = load_profile("rpi4")
+    recipe = resolve_recipe(profile, EXAMPLE, ("prune:final_sparsity=0.85", "cluster:k=32"))
+    assert [s["id"] for s in recipe.to_list()] == ["prune", "cluster"]
+    assert recipe.to_list()[0]["params"]["final_sparsity"] == 0.85
+    assert recipe.source == f"{EXAMPLE} + --pass"
+    assert resolve_recipe(None, None, ("lowrank",)).to_list()[0]["id"] == "lowrank"

@@ -24,8 +24,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("keys")
     out = {}
     for who in ("release", "mallory"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", who,
-                        "-f", str(d / who)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", who, "-f", str(d / who)],
+            check=True,
+        )
         out[who] = d / who
     allowed = d / "allowed_signers"
     allowed.write_text(f"release@example.com {(d / 'release.pub').read_text()}")
@@ -56,11 +58,12 @@ def _repack(root: str, files: dict[str, bytes], dest: Path) -> Path:
 
 def _flip(data: bytes, at: int | None = None) -> bytes:
     i = len(data) // 2 if at is None else at
-    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
 
 
-def test_two_releases_are_byte_identical(build: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_releases_are_byte_identical(
+    build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edgec.release import release
 
     a = release(build, version="1.0.0", out=tmp_path / "a")
@@ -86,14 +89,25 @@ def test_bundle_layout_and_checksums(bundle: Path, tmp_path: Path) -> None:
         assert {m.mode for m in members if m.isfile()} <= {0o644, 0o755}
         tar.extractall(tmp_path, filter="data")
     root = tmp_path / "digits_tiny-1.0.0"
-    for rel in ("MODEL_CARD.md", "SHA256SUMS", "release.json", "report.html", "report.md",
-                "rpi4/model.tflite", "rpi4/model.float16.tflite", "rpi4/manifest.json",
-                "rpi4/report.html", "rpi4/results/bench-local-litert.json",
-                "cortex-m4/model.tflite", "cortex-m4/report.md"):
+    for rel in (
+        "MODEL_CARD.md",
+        "SHA256SUMS",
+        "release.json",
+        "report.html",
+        "report.md",
+        "rpi4/model.tflite",
+        "rpi4/model.float16.tflite",
+        "rpi4/manifest.json",
+        "rpi4/report.html",
+        "rpi4/results/bench-local-litert.json",
+        "cortex-m4/model.tflite",
+        "cortex-m4/report.md",
+    ):
         assert (root / rel).is_file(), rel
     # The real sha256sum agrees with every line, inside and next to the bundle.
-    check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=root,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count(": OK") == sum(1 for p in root.rglob("*") if p.is_file()) - 1
     side = bundle.parent / "SHA256SUMS"
@@ -106,11 +120,21 @@ def test_model_card_says_what_and_how(bundle: Path) -> None:
     _, files = _members(bundle)
     card = files["MODEL_CARD.md"].decode()
     manifest = json.loads(files["rpi4/manifest.json"])
-    for text in ("## Intended targets", "| rpi4 |", "| cortex-m4 |", "## Compression applied",
-                 "`lowrank`", "energy=0.8", "## Accuracy and size per target",
-                 "## Latency and memory on devices", "local-litert", "local-tflm",
-                 "## How these numbers were measured", "validation split",
-                 f"{100 * manifest['artifacts'][0]['metrics']['accuracy']:.2f} %"):
+    for text in (
+        "## Intended targets",
+        "| rpi4 |",
+        "| cortex-m4 |",
+        "## Compression applied",
+        "`lowrank`",
+        "energy=0.8",
+        "## Accuracy and size per target",
+        "## Latency and memory on devices",
+        "local-litert",
+        "local-tflm",
+        "## How these numbers were measured",
+        "validation split",
+        f"{100 * manifest['artifacts'][0]['metrics']['accuracy']:.2f} %",
+    ):
         assert text in card, text
 
 
@@ -155,8 +179,11 @@ def test_verify_accepts_a_good_bundle(bundle: Path) -> None:
     from edgec.bundle_verify import verify_bundle
 
     res = verify_bundle(bundle)
-    assert res.models == ["cortex-m4/model.tflite", "rpi4/model.float16.tflite",
-                          "rpi4/model.tflite"]
+    assert res.models == [
+        "cortex-m4/model.tflite",
+        "rpi4/model.float16.tflite",
+        "rpi4/model.tflite",
+    ]
     assert res.manifests == ["cortex-m4/manifest.json", "rpi4/manifest.json"]
     assert not res.signed and res.sidecar_checked and res.version == "1.0.0"
 
@@ -198,10 +225,12 @@ def test_verify_catches_added_removed_and_inconsistent_files(bundle: Path, tmp_p
 
     root, files = _members(bundle)
     added = {**files, "rpi4/extra.txt": b"hi"}
-    with pytest.raises(VerifyError, match="extra.txt: not listed"):
+    with pytest.raises(VerifyError, match=r"extra.txt: not listed"):
         verify_bundle(_repack(root, added, tmp_path / "a.tar.gz"), probe=False)
     removed = {k: v for k, v in files.items() if k != "rpi4/model.float16.tflite"}
-    with pytest.raises(VerifyError, match="model.float16.tflite: listed in SHA256SUMS but missing"):
+    with pytest.raises(
+        VerifyError, match=r"model.float16.tflite: listed in SHA256SUMS but missing"
+    ):
         verify_bundle(_repack(root, removed, tmp_path / "r.tar.gz"), probe=False)
 
     def resummed(changed: dict[str, bytes]) -> dict[str, bytes]:
@@ -210,22 +239,24 @@ def test_verify_catches_added_removed_and_inconsistent_files(bundle: Path, tmp_p
 
     # A model swapped with checksums recomputed: the manifest still names the old sha256.
     swapped = resummed({**files, "rpi4/model.tflite": files["cortex-m4/model.tflite"]})
-    with pytest.raises(VerifyError, match="rpi4/model.tflite.*(bytes|sha256)"):
+    with pytest.raises(VerifyError, match=r"rpi4/model.tflite.*(bytes|sha256)"):
         verify_bundle(_repack(root, swapped, tmp_path / "s.tar.gz"), probe=False)
     # Consistent checksums and manifest, but the model does not load.
     junk = b"\0\0\0\0TFL3" + b"\xff" * 600
     m = json.loads(files["rpi4/manifest.json"])
     m["artifacts"][0].update(sha256=sha256_hex(junk), bytes=len(junk))
-    broken = resummed({**files, "rpi4/model.tflite": junk,
-                       "rpi4/manifest.json": json.dumps(m).encode()})
+    broken = resummed(
+        {**files, "rpi4/model.tflite": junk, "rpi4/manifest.json": json.dumps(m).encode()}
+    )
     path = _repack(root, broken, tmp_path / "j.tar.gz")
     verify_bundle(path, probe=False)  # every checksum is consistent...
-    with pytest.raises(VerifyError, match="rpi4/model.tflite: not a loadable TFLite model"):
+    with pytest.raises(VerifyError, match=r"rpi4/model.tflite: not a loadable TFLite model"):
         verify_bundle(path)  # ...but the runtime refuses it
 
 
-def test_signed_bundle_verifies_and_tampering_is_refused(build: Path, keys: dict[str, Path],
-                                                         tmp_path: Path) -> None:
+def test_signed_bundle_verifies_and_tampering_is_refused(
+    build: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
     from edgec.bundle_verify import format_sums, sha256_hex, verify_bundle
     from edgec.release import release
     from edgec.signing import sign_bytes
@@ -249,16 +280,21 @@ def test_signed_bundle_verifies_and_tampering_is_refused(build: Path, keys: dict
     forged = {**body, "SHA256SUMS": sums, "SHA256SUMS.sig": sign_bytes(sums, keys["mallory"])}
     path = _repack(root, forged, tmp_path / "f.tar.gz")
     verify_bundle(path, probe=False)  # internally consistent
-    with pytest.raises(VerifyError, match="not in"):
+    with pytest.raises(VerifyError, match=r"not in"):
         verify_bundle(path, keys["allowed"], probe=False)
     # Stripping the signature does not help once signing is configured.
     unsigned = {**body, "SHA256SUMS": sums}
-    with pytest.raises(VerifyError, match="unsigned"):
+    with pytest.raises(VerifyError, match=r"unsigned"):
         verify_bundle(_repack(root, unsigned, tmp_path / "u.tar.gz"), keys["allowed"], probe=False)
 
 
-def test_require_signed_for_deploy(build: Path, bundle: Path, keys: dict[str, Path],
-                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_require_signed_for_deploy(
+    build: Path,
+    bundle: Path,
+    keys: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import shutil
 
     from edgec.release import release
@@ -267,7 +303,7 @@ def test_require_signed_for_deploy(build: Path, bundle: Path, keys: dict[str, Pa
     monkeypatch.delenv(ENV_ALLOWED_SIGNERS, raising=False)
     assert require_signed(bundle) is None  # signing not configured: nothing to check
     monkeypatch.setenv(ENV_ALLOWED_SIGNERS, str(keys["allowed"]))
-    with pytest.raises(VerifyError, match="unsigned"):
+    with pytest.raises(VerifyError, match=r"unsigned"):
         require_signed(bundle)
     signed = release(build, version="2", out=tmp_path / "dist", sign_key=keys["release"]).bundle
     assert require_signed(signed) == "release@example.com"
@@ -282,20 +318,20 @@ def test_require_signed_for_deploy(build: Path, bundle: Path, keys: dict[str, Pa
     assert require_signed(target) == "release@example.com"
     model = target / "model.tflite"
     model.write_bytes(_flip(model.read_bytes()))
-    with pytest.raises(VerifyError, match="model.tflite: sha256 does not match"):
+    with pytest.raises(VerifyError, match=r"model.tflite: sha256 does not match"):
         require_signed(target)
 
     # A build's artifact folder signed in place with `edgec sign`.
     art = tmp_path / "art"
     shutil.copytree(build / "cortex-m4", art)
-    with pytest.raises(VerifyError, match="unsigned"):
+    with pytest.raises(VerifyError, match=r"unsigned"):
         require_signed(art)
     sign_dir(art, keys["release"])
     assert require_signed(art, keys["allowed"]) == "release@example.com"
     (art / "model.extra.tflite").write_bytes((art / "model.tflite").read_bytes())
-    with pytest.raises(VerifyError, match="model.extra.tflite: not listed"):
+    with pytest.raises(VerifyError, match=r"model.extra.tflite: not listed"):
         require_signed(art)
     (art / "model.extra.tflite").unlink()
     sign_dir(art, keys["mallory"])
-    with pytest.raises(VerifyError, match="not in"):
+    with pytest.raises(VerifyError, match=r"not in"):
         require_signed(art)

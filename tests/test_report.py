@@ -26,8 +26,13 @@ TARGETS = ("rpi4", "cortex-m4")
 _TEMPLATE: dict[str, Path] = {}
 
 
-def _entry(file: str, quantization: str, content: bytes, metrics: dict[str, Any],
-           baseline_acc: float | None) -> dict[str, Any]:
+def _entry(
+    file: str,
+    quantization: str,
+    content: bytes,
+    metrics: dict[str, Any],
+    baseline_acc: float | None,
+) -> dict[str, Any]:
     from edgec.evaluate import size_facts
     from edgec.modelinfo import read_model
 
@@ -35,19 +40,38 @@ def _entry(file: str, quantization: str, content: bytes, metrics: dict[str, Any]
     metrics = dict(metrics)
     if baseline_acc is not None and "accuracy" in metrics:
         metrics["accuracy_drop"] = round(baseline_acc - metrics["accuracy"], 6)
-    return {"file": file, "quantization": quantization, **size_facts(content),
-            "inputs": [t.to_dict() for t in info.input_tensors],
-            "outputs": [t.to_dict() for t in info.output_tensors],
-            "ops": info.op_counts, "metrics": metrics}
+    return {
+        "file": file,
+        "quantization": quantization,
+        **size_facts(content),
+        "inputs": [t.to_dict() for t in info.input_tensors],
+        "outputs": [t.to_dict() for t in info.output_tensors],
+        "ops": info.op_counts,
+        "metrics": metrics,
+    }
 
 
 def _harness(model: Path, runtime: str) -> dict[str, Any]:
     """The real on-device harness, run on this host as the `local` device."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "doc.json"
-        subprocess.run([sys.executable, "-m", "edgec.harness", str(model), "--runs", "40",
-                        "--runtime", runtime, "--quiet", "--out", str(out)], check=True,
-                       timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgec.harness",
+                str(model),
+                "--runs",
+                "40",
+                "--runtime",
+                runtime,
+                "--quiet",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            timeout=300,
+        )
         doc = json.loads(out.read_text())
     return {**doc, "device": f"local-{runtime}"}
 
@@ -66,13 +90,15 @@ def _make_template(root: Path) -> Path:
 
     data = demo_dataset()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, epochs=3, batch_size=64, verbose=0)
 
@@ -88,43 +114,67 @@ def _make_template(root: Path) -> Path:
         profile = load_profile(name)
         micro = profile.is_micro
         source = model if micro else compressed  # one target with a pass, one without
-        int8 = ConvertOptions(quantization=Quantization.INT8,
-                              input_dtype=profile.input_dtype if micro else IODtype.FLOAT32,
-                              output_dtype=profile.output_dtype if micro else IODtype.FLOAT32)
+        int8 = ConvertOptions(
+            quantization=Quantization.INT8,
+            input_dtype=profile.input_dtype if micro else IODtype.FLOAT32,
+            output_dtype=profile.output_dtype if micro else IODtype.FLOAT32,
+        )
         files, arts, cands = {}, [], []
         schemes = [("model.tflite", int8)]
         if not micro:
-            schemes.append(("model.float16.tflite",
-                            ConvertOptions(quantization=Quantization.FLOAT16)))
+            schemes.append(
+                ("model.float16.tflite", ConvertOptions(quantization=Quantization.FLOAT16))
+            )
         for file, opts in schemes:
             content = convert(source, opts, calib)
             ev = evaluate(content, data, reference=base.outputs)
             files[file] = content
-            arts.append(_entry(file, str(opts.quantization), content, ev.metrics,
-                               baseline.get("accuracy")))
+            arts.append(
+                _entry(file, str(opts.quantization), content, ev.metrics, baseline.get("accuracy"))
+            )
         if not micro:  # the accuracy-aware search's candidates, measured for real
             for q in (Quantization.FLOAT32, Quantization.DYNAMIC, Quantization.INT8):
                 content = convert(source, ConvertOptions(quantization=q), calib)
                 ev = evaluate(content, data, latency=False)
                 facts = size_facts(content)
-                cands.append({"label": f"lowrank+{q}", "bytes": facts["bytes"],
-                              "gzip_bytes": facts["gzip_bytes"],
-                              "accuracy": ev.metrics["accuracy"], "ok": q is not Quantization.FLOAT32})
-        checks = [{"name": "max_accuracy_drop", "limit": 0.2,
-                   "value": arts[0]["metrics"]["accuracy_drop"],
-                   "ok": arts[0]["metrics"]["accuracy_drop"] <= 0.2, "estimate": False}]
+                cands.append(
+                    {
+                        "label": f"lowrank+{q}",
+                        "bytes": facts["bytes"],
+                        "gzip_bytes": facts["gzip_bytes"],
+                        "accuracy": ev.metrics["accuracy"],
+                        "ok": q is not Quantization.FLOAT32,
+                    }
+                )
+        checks = [
+            {
+                "name": "max_accuracy_drop",
+                "limit": 0.2,
+                "value": arts[0]["metrics"]["accuracy_drop"],
+                "ok": arts[0]["metrics"]["accuracy_drop"] <= 0.2,
+                "estimate": False,
+            }
+        ]
         manifest = {
             "edgec_version": "0.1.0",
-            "model": {"name": MODEL, "source": "tests/test_report.py", "sha256": "ab" * 32,
-                      "format": "keras", "loader": "keras"},
+            "model": {
+                "name": MODEL,
+                "source": "tests/test_report.py",
+                "sha256": "ab" * 32,
+                "format": "keras",
+                "loader": "keras",
+            },
             "data": data.describe(),
             "target": profile.to_dict(),
             "recipe": [] if micro else [{"id": "lowrank", "params": lowrank.param_dict()}],
             "passes": [] if micro else [r.to_dict() for r in records],
             "baseline": baseline,
             "artifacts": arts,
-            "budgets": {"checks": checks, "ok": all(c["ok"] for c in checks),
-                        "kept_despite_failure": False},
+            "budgets": {
+                "checks": checks,
+                "ok": all(c["ok"] for c in checks),
+                "kept_despite_failure": False,
+            },
             "versions": library_versions(),
         }
         if cands:
@@ -133,7 +183,8 @@ def _make_template(root: Path) -> Path:
         doc = _harness(build / name / "model.tflite", "tflm" if micro else "litert")
         (build / name / "results").mkdir(exist_ok=True)
         (build / name / "results" / f"bench-{doc['device']}.json").write_text(
-            json.dumps(doc, indent=1, sort_keys=True))
+            json.dumps(doc, indent=1, sort_keys=True)
+        )
         render_reports(build / name)  # as build and bench do
     return build
 
@@ -148,8 +199,10 @@ def make_build(dest: Path) -> Path:
 
 
 def _pngs(html_text: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in
-            re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)]
+    return [
+        base64.b64decode(m)
+        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +220,9 @@ def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
     for name in ("sizes", "accuracy-size", "latency", "memory"):
         assert f'id="chart-{name}"' in text
     pngs = _pngs(text)
-    assert len(pngs) == 4 and all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 5000
-                                  for p in pngs)
+    assert len(pngs) == 4 and all(
+        p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 5000 for p in pngs
+    )
     assert not re.search(r'(src|href)="(?!data:)', text)
     manifest = json.loads((build / "rpi4" / "manifest.json").read_text())
     assert f"{manifest['artifacts'][0]['bytes'] / 1024:.1f} KiB" in text
@@ -199,9 +253,16 @@ def test_bench_results_in_both_formats(build: Path) -> None:
     assert run.memory["peak_rss"] >= run.memory["rss_before_load"] > 0
     # The documented shape (latency_ms / plain memory keys) renders the same way.
     other = build / "rpi4" / "results" / "bench-pi.json"
-    other.write_text(json.dumps({"device": "pi", "runtime": {"name": "litert", "threads": 4},
-                                 "latency_ms": {"count": 3, "p50": 2.0, "samples": [1.0, 2.0, 3.0]},
-                                 "memory": {"rss_before_load": 10_000_000, "peak": 30_000_000}}))
+    other.write_text(
+        json.dumps(
+            {
+                "device": "pi",
+                "runtime": {"name": "litert", "threads": 4},
+                "latency_ms": {"count": 3, "p50": 2.0, "samples": [1.0, 2.0, 3.0]},
+                "memory": {"rss_before_load": 10_000_000, "peak": 30_000_000},
+            }
+        )
+    )
     try:
         runs = {r.device: r for r in load_artifact(build / "rpi4").runs}
         assert runs["pi"].samples == [1.0, 2.0, 3.0] and runs["pi"].threads == 4
@@ -271,12 +332,20 @@ def test_reports_without_results_or_search(tmp_path: Path, build: Path) -> None:
 def test_chart_files_for_docs(build: Path, tmp_path: Path) -> None:
     """docs/make_charts.py regenerates the README's charts from a build folder."""
     script = Path(__file__).resolve().parents[1] / "docs" / "make_charts.py"
-    proc = subprocess.run([sys.executable, str(script), str(build), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(build), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == ["chart-accuracy-size.png", "chart-latency.png", "chart-memory.png",
-                     "chart-sizes.png"]
+    assert names == [
+        "chart-accuracy-size.png",
+        "chart-latency.png",
+        "chart-memory.png",
+        "chart-sizes.png",
+    ]
 
 
 def test_keras_progress_callback_trains_quietly(capfd: pytest.CaptureFixture[str]) -> None:
@@ -289,7 +358,12 @@ def test_keras_progress_callback_trains_quietly(capfd: pytest.CaptureFixture[str
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
     x = np.zeros((8, 4), np.float32)
-    hist = model.fit(x, np.zeros((8, 2), np.float32), epochs=3, verbose=0,
-                     callbacks=[keras_progress("fine-tuning", 3)])
+    hist = model.fit(
+        x,
+        np.zeros((8, 2), np.float32),
+        epochs=3,
+        verbose=0,
+        callbacks=[keras_progress("fine-tuning", 3)],
+    )
     assert len(hist.history["loss"]) == 3
     assert "fine-tuning" not in capfd.readouterr().err

@@ -18,9 +18,17 @@ import pytest
 from test_report import make_build
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=10000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=10000",
+]
 PROBE = """<script>
 window.addEventListener("load", () => {
   const imgs = Array.from(document.images).map(i => ({
@@ -43,8 +51,17 @@ def _image_sizes(html_file: Path, tmp: Path) -> list[dict]:
     probe = html_file.with_name(f"probe-{html_file.name}")
     probe.write_text(html_file.read_text().replace("</body>", PROBE + "</body>"))
     proc = subprocess.run(
-        [_browser(), *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", "--dump-dom",
-         probe.as_uri()], capture_output=True, text=True, timeout=180)
+        [
+            _browser(),
+            *FLAGS,
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r'<pre id="edgec-probe">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"the probe script did not run; DOM starts: {proc.stdout[:500]}"
@@ -82,9 +99,18 @@ def test_a_broken_chart_is_detected(build: Path, tmp_path: Path) -> None:
 def test_screenshot_is_not_blank(build: Path, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [_browser(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900",
-         f"--screenshot={shot}", (build / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            _browser(),
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1100,900",
+            f"--screenshot={shot}",
+            (build / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     from matplotlib.image import imread
 

@@ -11,19 +11,29 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from edgec.convert import ConvertOptions, convert  # noqa: E402
-from edgec.data import Dataset, demo_dataset  # noqa: E402
-from edgec.pipeline import PassContext  # noqa: E402
-from edgec.profiles import Quantization  # noqa: E402
-from edgec.recipe import Step  # noqa: E402
-from edgec.runtime import TFLiteModel  # noqa: E402
-from edgec.search import Ladder, Measurement, Rung, default_ladder, search  # noqa: E402
+from edgec.convert import ConvertOptions, convert
+from edgec.data import Dataset, demo_dataset
+from edgec.pipeline import PassContext
+from edgec.profiles import Quantization
+from edgec.recipe import Step
+from edgec.runtime import TFLiteModel
+from edgec.search import Ladder, Measurement, Rung, default_ladder, search
 
 ROW_KEYS = {
-    "label", "passes", "bytes", "gzip_bytes", "params", "accuracy", "accuracy_drop",
-    "host_latency_ms", "fits_budgets", "ok", "seconds", "error",
+    "label",
+    "passes",
+    "bytes",
+    "gzip_bytes",
+    "params",
+    "accuracy",
+    "accuracy_drop",
+    "host_latency_ms",
+    "fits_budgets",
+    "ok",
+    "seconds",
+    "error",
 }
 
 
@@ -35,10 +45,14 @@ def digits() -> Dataset:
 @pytest.fixture(scope="module")
 def model(digits: Dataset):
     keras.utils.set_random_seed(0)
-    m = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10, activation="softmax"),
-    ])
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(digits.x_train, digits.y_train, epochs=10, verbose=0)
     return m
@@ -46,15 +60,21 @@ def model(digits: Dataset):
 
 def _evaluator(digits: Dataset):
     def evaluate(keras_model, label: str) -> Measurement:
-        content = convert(keras_model, ConvertOptions(quantization=Quantization.INT8),
-                          digits.calibration(100))
+        content = convert(
+            keras_model, ConvertOptions(quantization=Quantization.INT8), digits.calibration(100)
+        )
         runner = TFLiteModel(content)
         start = time.perf_counter()
         pred = runner.predict(digits.x_val)
         ms = (time.perf_counter() - start) * 1000 / len(digits.x_val)
         acc = float(np.mean(pred.argmax(-1) == digits.y_val))
-        return Measurement(bytes=len(content), gzip_bytes=len(gzip.compress(content, 9)),
-                           accuracy=acc, host_latency_ms=ms, payload=content)
+        return Measurement(
+            bytes=len(content),
+            gzip_bytes=len(gzip.compress(content, 9)),
+            accuracy=acc,
+            host_latency_ms=ms,
+            payload=content,
+        )
 
     return evaluate
 
@@ -71,13 +91,14 @@ def _ladder(*families: tuple[tuple[str, str, dict], ...], combine: bool = True) 
 
 def test_search_keeps_the_smallest_artifact_within_the_bound(model, digits) -> None:
     ladder = _ladder(
-        (("prune 60%", "prune", {"final_sparsity": 0.6}),
-         ("prune 99%", "prune", {"final_sparsity": 0.99, "epochs": 0})),
+        (
+            ("prune 60%", "prune", {"final_sparsity": 0.6}),
+            ("prune 99%", "prune", {"final_sparsity": 0.99, "epochs": 0}),
+        ),
         (("cluster k=16", "cluster", {"k": 16, "epochs": 0}),),
     )
     ctx = PassContext(data=digits, seed=0, epochs_scale=0.5)
-    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=0.03,
-                    ladder=ladder)
+    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=0.03, ladder=ladder)
     table = result.table
     labels = [row["label"] for row in table]
     assert labels[0] == "plain" and all(set(row) == ROW_KEYS for row in table)
@@ -100,11 +121,14 @@ def test_search_keeps_the_smallest_artifact_within_the_bound(model, digits) -> N
 
 
 def test_no_candidate_within_bound_keeps_the_most_accurate(model, digits) -> None:
-    ladder = _ladder((("cluster k=4", "cluster", {"k": 4, "epochs": 0}),
-                      ("cluster k=2", "cluster", {"k": 2, "epochs": 0})))
+    ladder = _ladder(
+        (
+            ("cluster k=4", "cluster", {"k": 4, "epochs": 0}),
+            ("cluster k=2", "cluster", {"k": 2, "epochs": 0}),
+        )
+    )
     ctx = PassContext(data=digits, seed=0)
-    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=-1.0,
-                    ladder=ladder)
+    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=-1.0, ladder=ladder)
     assert not result.met
     assert [r["label"] for r in result.table] == ["plain", "cluster k=4"]  # stopped at a failure
     drops = {r["label"]: r["accuracy_drop"] for r in result.table}
@@ -117,14 +141,26 @@ def test_budgets_decide_too(model, digits) -> None:
     evaluate = _evaluator(digits)
     plain_gzip = evaluate(model, "probe").gzip_bytes
     # A gzip budget only the clustered model can meet.
-    result = search(model, ctx, evaluate=evaluate, max_accuracy_drop=0.05,
-                    fits_budgets=lambda m: m.gzip_bytes < plain_gzip, ladder=ladder)
+    result = search(
+        model,
+        ctx,
+        evaluate=evaluate,
+        max_accuracy_drop=0.05,
+        fits_budgets=lambda m: m.gzip_bytes < plain_gzip,
+        ladder=ladder,
+    )
     rows = {r["label"]: r for r in result.table}
     assert rows["plain"]["fits_budgets"] is False and rows["plain"]["ok"] is False
     assert result.met and result.chosen.label == "cluster k=16"
     # Nothing fits: met is False, and the smallest within the accuracy bound is kept.
-    result = search(model, ctx, evaluate=evaluate, max_accuracy_drop=0.05,
-                    fits_budgets=lambda m: False, ladder=ladder)
+    result = search(
+        model,
+        ctx,
+        evaluate=evaluate,
+        max_accuracy_drop=0.05,
+        fits_budgets=lambda m: False,
+        ladder=ladder,
+    )
     assert not result.met and result.chosen.label == "cluster k=16"
 
 

@@ -25,8 +25,15 @@ SCHEMA = "edgec.manifest/1"
 
 def library_versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for dist in ("edgec", "tensorflow", "keras", "ai-edge-litert", "ai-edge-quantizer",
-                 "numpy", "tflite-micro"):
+    for dist in (
+        "edgec",
+        "tensorflow",
+        "keras",
+        "ai-edge-litert",
+        "ai-edge-quantizer",
+        "numpy",
+        "tflite-micro",
+    ):
         try:
             found[dist] = version(dist)
         except PackageNotFoundError:
@@ -52,7 +59,9 @@ def write_artifact(
     """
     target_dir = Path(target_dir)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", suffix=".tmp", dir=target_dir.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target_dir.name}.", suffix=".tmp", dir=target_dir.parent)
+    )
     try:
         for name, content in files.items():
             path = tmp / name
@@ -95,7 +104,9 @@ def read_manifest(target_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{target_dir}: no {MANIFEST}; give an artifact folder written by edgec build") from None
+        raise InputError(
+            f"{target_dir}: no {MANIFEST}; give an artifact folder written by edgec build"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:

@@ -73,21 +73,47 @@ class BuildResult:
         return all(t.ok for t in self.targets)
 
     def table(self) -> list[dict[str, Any]]:
-        rows = [{"target": "float32 (baseline)", "file": "", "bytes": self.baseline["bytes"],
-                 "accuracy": self.baseline.get("accuracy"), "drop": None, "ok": True}]
+        rows = [
+            {
+                "target": "float32 (baseline)",
+                "file": "",
+                "bytes": self.baseline["bytes"],
+                "accuracy": self.baseline.get("accuracy"),
+                "drop": None,
+                "ok": True,
+            }
+        ]
         for t in self.targets:
             for a in t.manifest.get("artifacts", []):
                 m = a["metrics"]
-                rows.append({"target": t.target, "file": a["file"], "bytes": a["bytes"],
-                             "accuracy": m.get("accuracy"), "drop": m.get("accuracy_drop"),
-                             "ok": t.ok})
+                rows.append(
+                    {
+                        "target": t.target,
+                        "file": a["file"],
+                        "bytes": a["bytes"],
+                        "accuracy": m.get("accuracy"),
+                        "drop": m.get("accuracy_drop"),
+                        "ok": t.ok,
+                    }
+                )
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "ok": self.ok, "baseline": self.baseline,
-                "targets": [{"target": t.target, "directory": str(t.directory) if t.directory else None,
-                             "ok": t.ok, "message": t.message, "artifacts": t.manifest.get("artifacts", [])}
-                            for t in self.targets]}
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "baseline": self.baseline,
+            "targets": [
+                {
+                    "target": t.target,
+                    "directory": str(t.directory) if t.directory else None,
+                    "ok": t.ok,
+                    "message": t.message,
+                    "artifacts": t.manifest.get("artifacts", []),
+                }
+                for t in self.targets
+            ],
+        }
 
 
 def build(req: BuildRequest, log: Log = print) -> BuildResult:
@@ -100,7 +126,9 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
     _check_labels(model, data)
     if data.synthetic:
-        log("note: no data given: calibration uses seeded random inputs, and accuracy cannot be measured")
+        log(
+            "note: no data given: calibration uses seeded random inputs, and accuracy cannot be measured"
+        )
     log(f"model {model.name}: {model.loader}; data: {data.source}")
 
     float_content = convert(model.convert_source, ConvertOptions(quantization=Quantization.FLOAT32))
@@ -111,6 +139,10 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     result = BuildResult(model=model.name, baseline=baseline)
     for profile in profiles:
         result.targets.append(_build_target(req, profile, model, data, float_content, base, log))
+    if any(t.directory is not None for t in result.targets):
+        from edgec.report import render_build_summary
+
+        render_build_summary(req.out / model.name)
     return result
 
 
@@ -127,8 +159,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def _compress(req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset,
-              log: Log) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+def _compress(
+    req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset, log: Log
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the target's recipe; return (convert source, recipe as data, pass records)."""
     if req.recipe is None and not req.overrides and not profile.passes:
         return model.convert_source, [], []
@@ -149,7 +182,9 @@ def _compress(req: BuildRequest, profile: Profile, model: LoadedModel, data: Dat
     keras.utils.set_random_seed(req.seed)
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
-    ctx = PassContext(data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log)
+    ctx = PassContext(
+        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+    )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
     return compressed, recipe.to_list(), [r.to_dict() for r in records]
 
@@ -164,37 +199,58 @@ def convert_options(profile: Profile, quantization: Quantization, **extra: Any) 
     )
 
 
-def _artifact_entry(file: str, quantization: Quantization, content: bytes, ev: Evaluation,
-                    baseline: dict[str, Any]) -> dict[str, Any]:
+def _artifact_entry(
+    file: str, quantization: Quantization, content: bytes, ev: Evaluation, baseline: dict[str, Any]
+) -> dict[str, Any]:
     info = read_model(content, file)
     metrics = dict(ev.metrics)
     if "accuracy" in metrics and baseline.get("accuracy") is not None:
         metrics["accuracy_drop"] = round(baseline["accuracy"] - metrics["accuracy"], 6)
     return {
-        "file": file, "quantization": str(quantization), **size_facts(content),
+        "file": file,
+        "quantization": str(quantization),
+        **size_facts(content),
         "inputs": [t.to_dict() for t in info.input_tensors],
         "outputs": [t.to_dict() for t in info.output_tensors],
-        "ops": info.op_counts, "param_count": info.param_count, "macs": info.macs(),
+        "ops": info.op_counts,
+        "param_count": info.param_count,
+        "macs": info.macs(),
         "metrics": metrics,
     }
 
 
-def _budget_checks(profile: Profile, primary: dict[str, Any], req: BuildRequest) -> list[BudgetCheck]:
+def _budget_checks(
+    profile: Profile, primary: dict[str, Any], req: BuildRequest
+) -> list[BudgetCheck]:
     b = profile.budgets
     checks = []
     if b.model_bytes is not None:
-        checks.append(BudgetCheck(name="model_bytes", limit=b.model_bytes, value=primary["bytes"],
-                                  ok=primary["bytes"] <= b.model_bytes))
+        checks.append(
+            BudgetCheck(
+                name="model_bytes",
+                limit=b.model_bytes,
+                value=primary["bytes"],
+                ok=primary["bytes"] <= b.model_bytes,
+            )
+        )
     bound = req.max_accuracy_drop if req.max_accuracy_drop is not None else b.max_accuracy_drop
     drop = primary["metrics"].get("accuracy_drop")
     if bound is not None and drop is not None:
-        checks.append(BudgetCheck(name="max_accuracy_drop", limit=bound, value=drop,
-                                  ok=drop <= bound + 1e-9))
+        checks.append(
+            BudgetCheck(name="max_accuracy_drop", limit=bound, value=drop, ok=drop <= bound + 1e-9)
+        )
     return checks
 
 
-def _build_target(req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset,
-                  float_content: bytes, base: Evaluation, log: Log) -> TargetResult:
+def _build_target(
+    req: BuildRequest,
+    profile: Profile,
+    model: LoadedModel,
+    data: Dataset,
+    float_content: bytes,
+    base: Evaluation,
+    log: Log,
+) -> TargetResult:
     log(f"[{profile.name}] {profile.description}")
     calibration = data.calibration(req.calibration_size, req.seed)
     source, recipe, passes = _compress(req, profile, model, data, log)
@@ -206,11 +262,16 @@ def _build_target(req: BuildRequest, profile: Profile, model: LoadedModel, data:
         name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
         ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
         files[name] = content
-        artifacts.append(_artifact_entry(name, quantization, content, ev, {
-            "accuracy": base.metrics.get("accuracy")}))
+        artifacts.append(
+            _artifact_entry(
+                name, quantization, content, ev, {"accuracy": base.metrics.get("accuracy")}
+            )
+        )
         m = artifacts[-1]["metrics"]
-        log(f"[{profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.get('accuracy'))}, "
-            f"agreement {_pct(m.get('top1_agreement'))}")
+        log(
+            f"[{profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.get('accuracy'))}, "
+            f"agreement {_pct(m.get('top1_agreement'))}"
+        )
 
     checks = _budget_checks(profile, artifacts[0], req)
     micro: dict[str, Any] | None = None
@@ -228,29 +289,40 @@ def _build_target(req: BuildRequest, profile: Profile, model: LoadedModel, data:
         "passes": passes,
         "baseline": {**size_facts(float_content), **base.metrics},
         "artifacts": artifacts,
-        "budgets": {"checks": [dataclasses.asdict(c) for c in checks], "ok": ok,
-                    "kept_despite_failure": not ok and req.keep_failed},
-        "calibration": {"size": int(len(calibration)), "synthetic": data.synthetic,
-                        "source": data.source},
+        "budgets": {
+            "checks": [dataclasses.asdict(c) for c in checks],
+            "ok": ok,
+            "kept_despite_failure": not ok and req.keep_failed,
+        },
+        "calibration": {
+            "size": len(calibration),
+            "synthetic": data.synthetic,
+            "source": data.source,
+        },
         "versions": library_versions(),
     }
     if micro is not None:
         manifest["micro"] = micro
     failed = [c for c in checks if not c.ok]
     message = "; ".join(
-        f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}" + (" (estimate)" if c.estimate else "")
+        f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}"
+        + (" (estimate)" if c.estimate else "")
         for c in failed
     )
     directory = req.out / model.name / profile.name
     if failed and not req.keep_failed:
-        log(f"[{profile.name}] FAILED budgets: {message}; no artifact written (--keep-failed keeps it)")
-        return TargetResult(target=profile.name, directory=None, manifest=manifest, ok=False,
-                            message=message)
+        log(
+            f"[{profile.name}] FAILED budgets: {message}; no artifact written (--keep-failed keeps it)"
+        )
+        return TargetResult(
+            target=profile.name, directory=None, manifest=manifest, ok=False, message=message
+        )
     write_artifact(directory, files, manifest, finish=_with_reports(finish))
     status = "ok" if ok else f"FAILED budgets (kept): {message}"
     log(f"[{profile.name}] {status} -> {directory}")
-    return TargetResult(target=profile.name, directory=directory, manifest=manifest, ok=ok,
-                        message=message)
+    return TargetResult(
+        target=profile.name, directory=directory, manifest=manifest, ok=ok, message=message
+    )
 
 
 def _fmt(name: str, value: float) -> str:
@@ -261,14 +333,23 @@ def _fmt(name: str, value: float) -> str:
     return f"{value:g}"
 
 
-def _micro(profile: Profile, content: bytes, data: Dataset,
-           log: Log) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
+def _micro(
+    profile: Profile, content: bytes, data: Dataset, log: Log
+) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
     from edgec import micro
 
     report = micro.fit_report(content, profile, inputs=data.x_val[:64])
     log(f"[{profile.name}] TFLM: {report.summary_line()}")
-    checks = [BudgetCheck(name=c["name"], limit=c["limit"], value=c["value"], ok=c["ok"],
-                          estimate=c.get("estimate", False)) for c in report.budget_checks()]
+    checks = [
+        BudgetCheck(
+            name=c["name"],
+            limit=c["limit"],
+            value=c["value"],
+            ok=c["ok"],
+            estimate=c.get("estimate", False),
+        )
+        for c in report.budget_checks()
+    ]
 
     def finish(tmp: Path) -> None:
         from edgec.firmware import write_firmware
@@ -282,21 +363,26 @@ def _with_reports(finish: Callable[[Path], None] | None) -> Callable[[Path], Non
     def run(tmp: Path) -> None:
         if finish is not None:
             finish(tmp)
-        try:
-            from edgec.report import render_reports
-        except ImportError:  # reports arrive with the report module
-            return
+        from edgec.report import render_reports
+
         render_reports(tmp)
 
     return run
 
 
-def demo(out: Path, *, targets: tuple[str, ...] = ("rpi4", "cortex-m4"), epochs: int = 30,
-         log: Log = print, **overrides: Any) -> BuildResult:
+def demo(
+    out: Path,
+    *,
+    targets: tuple[str, ...] = ("rpi4", "cortex-m4"),
+    epochs: int = 30,
+    log: Log = print,
+    **overrides: Any,
+) -> BuildResult:
     """Train the digits CNN offline and build it for ``targets``."""
     from edgec.demo import save_demo_model
 
     log("demo: training a small CNN on scikit-learn's handwritten digits (offline)")
     path = save_demo_model(out, epochs=epochs)
-    return build(BuildRequest(model=path, targets=targets, out=out, data="demo", **overrides), log=log)
-
+    return build(
+        BuildRequest(model=path, targets=targets, out=out, data="demo", **overrides), log=log
+    )

@@ -299,9 +299,6 @@ def verify_bundle(
     b = read_bundle(bundle)
     where = f"{b.path.name}:{b.root}"
     checks = ["gzip and tar structure"]
-    sidecar = _sidecar(b)
-    if sidecar:
-        checks.append(f"bundle sha256 against ../{SUMS}")
     signer = check_sums(
         b.files, where, allowed_signers=trusted, require_signature=require_signature
     )
@@ -310,6 +307,10 @@ def verify_bundle(
         checks.append(f"signature by {signer}")
     manifests = check_manifests(b.files, where)
     checks.append(f"{len(manifests)} manifests against their files")
+    # After the inside: a changed member is named there, not just as "the bundle changed".
+    sidecar = _sidecar(b)
+    if sidecar:
+        checks.append(f"bundle sha256 against {SUMS} next to it")
     models = probe_models(b.files, where) if probe else []
     if probe:
         checks.append(f"{len(models)} models load in the runtime")
@@ -341,46 +342,63 @@ def verify_bundle(
 _DERIVED = re.compile(r"(?:.*/)?(?:results/.*|report\.html|report\.md)")
 
 
+class _FolderFiles(Mapping[str, bytes]):
+    """A signed folder's files, read only when checked: the listed ones and those in scope."""
+
+    def __init__(self, root: Path, scope: Path) -> None:
+        self.root = root
+        names = {SUMS, SIG}
+        sums = root / SUMS
+        for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+            m = _SUM_LINE.fullmatch(line)
+            if m:
+                names.add(m.group(2))
+        for f in scope.rglob("*"):
+            if f.is_symlink():
+                raise VerifyError(f"{f}: a symlink in a signed folder (plain files only)")
+            rel = f.relative_to(root).as_posix()
+            if not any(part.startswith(".") for part in PurePosixPath(rel).parts):
+                names.add(rel)
+        # Symlinks are never followed: a listed file replaced by a link counts as missing.
+        self._names = sorted(
+            n for n in names if (root / n).is_file() and not (root / n).is_symlink()
+        )
+
+    def __getitem__(self, rel: str) -> bytes:
+        if rel not in self._names:
+            raise KeyError(rel)
+        return (self.root / rel).read_bytes()
+
+    def __iter__(self) -> Any:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def verify_signed_dir(path: Path, allowed_signers: Path) -> str:
     """Check a signed folder (an extracted bundle, one of its targets, or an ``edgec sign``ed
     artifact folder) or a ``.tflite`` inside one; return the signer.
 
-    The nearest ``SHA256SUMS`` at or above ``path`` must be signed by a key in
-    ``allowed_signers``, every file it lists must match, and every model and
-    manifest under ``path`` must be listed. Bench results and reports are not
-    checked (a bench writes them after signing, and they are never deployed);
-    any other unlisted or changed file is refused.
+    The ``SHA256SUMS`` in ``path``'s folder or the one above must be signed by a
+    key in ``allowed_signers``, every file it lists must match, and every file
+    under ``path`` must be listed. Bench results and reports are not checked (a
+    bench writes them after signing, and they are never deployed); any other
+    unlisted or changed file is refused.
     """
     scope = path if path.is_dir() else path.parent
-    root = next((d for d in (scope, *list(scope.parents)[:3]) if (d / SUMS).is_file()), None)
+    root = next((d for d in (scope, scope.parent) if (d / SUMS).is_file()), None)
     if root is None:
         raise VerifyError(
-            f"{path}: unsigned (no {SUMS} here or above); sign it with "
+            f"{path}: unsigned (no {SUMS} here or in the folder above); sign it with "
             "`edgec sign DIR --key KEY` or deploy a signed release bundle"
         )
-    files: dict[str, bytes] = {}
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and not f.is_symlink() and not f.name.startswith("."):
-            files[f.relative_to(root).as_posix()] = f.read_bytes()
-    where = str(root)
     signer = check_sums(
-        files,
-        where,
+        _FolderFiles(root, scope),
+        str(root),
         allowed_signers=allowed_signers,
         require_signature=True,
         ignore=lambda rel: _DERIVED.fullmatch(rel) is not None,
     )
     assert signer is not None  # require_signature=True
-    listed = parse_sums(files[SUMS], where)
-    wanted = (
-        [path]
-        if path.is_file()
-        else [
-            f for f in sorted(scope.rglob("*")) if f.name.endswith(".tflite") or f.name == MANIFEST
-        ]
-    )
-    for f in wanted:
-        rel = f.relative_to(root).as_posix()
-        if rel not in listed:
-            raise VerifyError(f"{f}: not covered by the signature in {root / SUMS}")
     return signer

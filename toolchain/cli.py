@@ -117,6 +117,7 @@ def _print_table(result: Any) -> None:
 
 
 def _finish_build(result: Any, as_json: bool) -> None:
+    """Print the result (its JSON says "ok": false on a budget failure), then fail if it failed."""
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -160,12 +161,13 @@ def build(model: Path | None, targets: tuple[str, ...], data: str | None, out: P
     options = {"recipe": recipe, "overrides": overrides, "search": search,
                "max_accuracy_drop": max_accuracy_drop, "keep_failed": keep_failed,
                "calibration_size": calibration_size, "seed": seed}
-    if model is None:
-        result = build_mod.demo(out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options)
-    else:
-        request = build_mod.BuildRequest(model=model, targets=targets or ("rpi4",), data=data,
-                                         out=out, **options)
-        result = build_mod.build(request, log=_log)
+    with _json_errors(as_json):
+        if model is None:
+            result = build_mod.demo(out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options)
+        else:
+            request = build_mod.BuildRequest(model=model, targets=targets or ("rpi4",), data=data,
+                                             out=out, **options)
+            result = build_mod.build(request, log=_log)
     _finish_build(result, as_json)
 
 
@@ -177,7 +179,9 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
     """Train a small CNN on offline handwritten digits and build it for rpi4 and cortex-m4."""
     from edgec import build as build_mod
 
-    _finish_build(build_mod.demo(out, epochs=epochs, log=_log), as_json)
+    with _json_errors(as_json):
+        result = build_mod.demo(out, epochs=epochs, log=_log)
+    _finish_build(result, as_json)
 
 
 @main.command()
@@ -188,7 +192,8 @@ def inspect(model: Path, target: str | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
     from edgec.inspect import inspect_tflite
 
-    report = inspect_tflite(model, target)
+    with _json_errors(as_json):
+        report = inspect_tflite(model, target)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -204,7 +209,8 @@ def eval_(model: Path, data: str, threads: int, as_json: bool) -> None:
     """Accuracy and host latency of a .tflite on labeled data."""
     from edgec.inspect import evaluate_tflite
 
-    metrics = evaluate_tflite(model, data, threads=threads)
+    with _json_errors(as_json):
+        metrics = evaluate_tflite(model, data, threads=threads)
     if as_json:
         emit_json(metrics)
     else:

@@ -63,7 +63,9 @@ def check_integer_only(content: bytes, options: ConvertOptions) -> None:
     for side, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
         for t in tensors:
             if t.dtype != str(want[side]):
-                raise ConversionError(f"{side} {t.name!r} is {t.dtype}, the profile asks {want[side]}")
+                raise ConversionError(
+                    f"{side} {t.name!r} is {t.dtype}, the profile asks {want[side]}"
+                )
 
 
 def _representative(calibration: np.ndarray) -> Any:
@@ -104,7 +106,9 @@ def _convert_tf(source: Any, options: ConvertOptions, calibration: np.ndarray | 
         msg = " ".join(str(exc).split())
         # The converter's messages are long MLIR dumps; the first error line names the op.
         first = next((p for p in msg.split("error:")[1:2]), msg)[:300]
-        raise ConversionError(f"TFLite conversion to {options.label()} failed: {first.strip()}") from exc
+        raise ConversionError(
+            f"TFLite conversion to {options.label()} failed: {first.strip()}"
+        ) from exc
 
 
 def _keras_converter(tf: Any, model: Any) -> Any:
@@ -118,13 +122,18 @@ def _keras_converter(tf: Any, model: Any) -> Any:
 
     inputs = model.inputs if isinstance(model.inputs, list) else [model.inputs]
     if len(inputs) == 1 and all(d is not None for d in inputs[0].shape[1:]):
-        fixed = keras.Input(batch_shape=(1, *inputs[0].shape[1:]), dtype=inputs[0].dtype,
-                            name=inputs[0].name.split(":")[0])
+        fixed = keras.Input(
+            batch_shape=(1, *inputs[0].shape[1:]),
+            dtype=inputs[0].dtype,
+            name=inputs[0].name.split(":")[0],
+        )
         model = keras.Model(fixed, model(fixed), name=model.name)
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def _quantize_tflite(content: bytes, options: ConvertOptions, calibration: np.ndarray | None) -> bytes:
+def _quantize_tflite(
+    content: bytes, options: ConvertOptions, calibration: np.ndarray | None
+) -> bytes:
     q = options.quantization
     if q is Quantization.FLOAT32:
         return content
@@ -138,20 +147,27 @@ def _quantize_tflite(content: bytes, options: ConvertOptions, calibration: np.nd
     info = read_model(content, "input .tflite")
     if any(t.dtype != "float32" for t in info.input_tensors):
         raise InputError("the input .tflite is already quantized; give a float32 .tflite")
-    qt = quantizer.Quantizer(content, recipe.dynamic_wi8_afp32() if q is Quantization.DYNAMIC
-                             else recipe.static_wi8_ai8())
+    qt = quantizer.Quantizer(
+        content,
+        recipe.dynamic_wi8_afp32() if q is Quantization.DYNAMIC else recipe.static_wi8_ai8(),
+    )
     try:
         with quiet_fds():
             result = None
             if qt.need_calibration:
                 assert calibration is not None
                 sig = _signature_input(content)
-                data = {"serving_default": [{sig: row[None].astype(np.float32)} for row in calibration]}
+                data = {
+                    "serving_default": [{sig: row[None].astype(np.float32)} for row in calibration]
+                }
                 result = qt.calibrate(data, num_threads=1)
             out = bytes(qt.quantize(result).quantized_model)
     except Exception as exc:
         raise ConversionError(f"the LiteRT quantizer failed: {type(exc).__name__}: {exc}") from exc
-    if q is Quantization.INT8 and (options.input_dtype, options.output_dtype) != (IODtype.FLOAT32,) * 2:
+    if (
+        q is Quantization.INT8
+        and (options.input_dtype, options.output_dtype) != (IODtype.FLOAT32,) * 2
+    ):
         out = _modify_io(out, options)
     return out
 

@@ -58,8 +58,8 @@ class Dataset:
         return {
             "source": self.source,
             "synthetic": self.synthetic,
-            "train": int(len(self.x_train)),
-            "val": int(len(self.x_val)),
+            "train": len(self.x_train),
+            "val": len(self.x_val),
             "input_shape": list(self.x_val.shape[1:]),
             "num_classes": self.num_classes,
         }
@@ -106,8 +106,12 @@ def synthetic_dataset(input_shape: tuple[int, ...], *, size: int = 256, seed: in
     x = rng.standard_normal((size, *shape)).astype(np.float32)
     half = size // 2
     return Dataset(
-        x_train=x[:half], y_train=None, x_val=x[half:], y_val=None,
-        source=f"seeded random normal inputs (seed {seed}): no data given", synthetic=True,
+        x_train=x[:half],
+        y_train=None,
+        x_val=x[half:],
+        y_val=None,
+        source=f"seeded random normal inputs (seed {seed}): no data given",
+        synthetic=True,
     )
 
 
@@ -120,7 +124,10 @@ def demo_dataset(seed: int = 0) -> Dataset:
     y = digits.target.astype(np.int64)
     x_train, y_train, x_val, y_val = _split(x, y, 0.25, seed)
     return Dataset(
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
         source="demo: scikit-learn handwritten digits (8x8, 10 classes)",
         class_names=tuple(str(i) for i in range(10)),
     )
@@ -141,13 +148,17 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
         y = y.argmax(axis=1)
     y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
     if y.ndim != 1:
-        raise InputError(f"{where}: labels must be class indices or one-hot rows, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
-            raise InputError(f"{where}: labels must be whole class indices >= 0")
+        raise InputError(
+            f"{where}: labels must be class indices or one-hot rows, got shape {y.shape}"
+        )
+    whole = np.all(np.isfinite(y)) and np.all(np.equal(np.mod(y, 1), 0))
+    if not np.issubdtype(y.dtype, np.integer) and not whole:
+        raise InputError(f"{where}: labels must be whole class indices >= 0")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
-        raise InputError(f"{where}: label {int(y.min())} is negative; labels are class indices >= 0")
+        raise InputError(
+            f"{where}: label {int(y.min())} is negative; labels are class indices >= 0"
+        )
     return y
 
 
@@ -182,7 +193,9 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
     )
 
 
-def _image_folder(path: Path, input_shape: tuple[int, ...], val_fraction: float, seed: int) -> Dataset:
+def _image_folder(
+    path: Path, input_shape: tuple[int, ...], val_fraction: float, seed: int
+) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -211,10 +224,16 @@ def _image_folder(path: Path, input_shape: tuple[int, ...], val_fraction: float,
             ys.append(label)
     if len(xs) < 2:
         raise InputError(f"data {path}: found {len(xs)} images; need at least 2 across {classes}")
-    x_train, y_train, x_val, y_val = _split(np.stack(xs), np.asarray(ys, np.int64), val_fraction, seed)
+    x_train, y_train, x_val, y_val = _split(
+        np.stack(xs), np.asarray(ys, np.int64), val_fraction, seed
+    )
     return Dataset(
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
-        source=str(path), class_names=tuple(classes),
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        source=str(path),
+        class_names=tuple(classes),
     )
 
 
@@ -232,4 +251,6 @@ def _check(ds: Dataset, input_shape: tuple[int, ...]) -> None:
             e is not None and int(e) != g for e, g in zip(input_shape, got, strict=False)
         ):
             want = tuple(input_shape)
-            raise InputError(f"data {ds.source}: {name} has sample shape {got}; the model takes {want}")
+            raise InputError(
+                f"data {ds.source}: {name} has sample shape {got}; the model takes {want}"
+            )

@@ -13,8 +13,13 @@ from typing import Any
 from edgec.data import Dataset, demo_dataset
 
 
-def train_demo_model(data: Dataset | None = None, *, epochs: int = 30, seed: int = 0,
-                     callbacks: list[Any] | None = None) -> Any:
+def train_demo_model(
+    data: Dataset | None = None,
+    *,
+    epochs: int = 30,
+    seed: int = 0,
+    callbacks: list[Any] | None = None,
+) -> Any:
     import keras
 
     data = data or demo_dataset(seed=seed)
@@ -31,15 +36,26 @@ def train_demo_model(data: Dataset | None = None, *, epochs: int = 30, seed: int
         ],
         name="digits_cnn",
     )
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=64, verbose=0,
-              validation_data=(data.x_val, data.y_val), callbacks=callbacks or [])
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        validation_data=(data.x_val, data.y_val),
+        callbacks=callbacks or [],
+    )
     return model
 
 
-def save_demo_model(out_dir: Path, *, epochs: int = 30, seed: int = 0,
-                    callbacks: list[Any] | None = None) -> Path:
+def save_demo_model(
+    out_dir: Path, *, epochs: int = 30, seed: int = 0, callbacks: list[Any] | None = None
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "digits_cnn.keras"
     model = train_demo_model(epochs=epochs, seed=seed, callbacks=callbacks)

@@ -32,12 +32,16 @@ def gzip_size(content: bytes) -> int:
 
 
 def size_facts(content: bytes) -> dict[str, Any]:
-    return {"bytes": len(content), "gzip_bytes": gzip_size(content),
-            "sha256": hashlib.sha256(content).hexdigest()}
+    return {
+        "bytes": len(content),
+        "gzip_bytes": gzip_size(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
 
 
-def host_latency_ms(content: bytes, x: np.ndarray, *, threads: int = 1, warmup: int = 3,
-                    runs: int = 20) -> float:
+def host_latency_ms(
+    content: bytes, x: np.ndarray, *, threads: int = 1, warmup: int = 3, runs: int = 20
+) -> float:
     """Steady-state median of single-sample invokes on this host (a guide, not the device's)."""
     model = TFLiteModel(content, threads=threads, batch=1)
     it = model.interpreter
@@ -53,8 +57,14 @@ def host_latency_ms(content: bytes, x: np.ndarray, *, threads: int = 1, warmup: 
     return round(statistics.median(samples) * 1e3, 4)
 
 
-def evaluate(content: bytes, data: Dataset, *, reference: np.ndarray | None = None,
-             threads: int = 1, latency: bool = True) -> Evaluation:
+def evaluate(
+    content: bytes,
+    data: Dataset,
+    *,
+    reference: np.ndarray | None = None,
+    threads: int = 1,
+    latency: bool = True,
+) -> Evaluation:
     """Run ``content`` on ``data.x_val``; compare with labels and with ``reference`` outputs."""
     model = TFLiteModel(content, threads=threads)
     out = model.predict(data.x_val)

@@ -22,8 +22,11 @@ class InspectReport:
     fit: Any | None = None  # edgec.micro.MicroReport for a microcontroller target
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"file": str(self.path), **self.info.summary(),
-               "tensors": [t.to_dict() for t in self.info.tensors]}
+        out = {
+            "file": str(self.path),
+            **self.info.summary(),
+            "tensors": [t.to_dict() for t in self.info.tensors],
+        }
         if self.fit is not None:
             out["fit"] = self.fit.to_dict()
         return out
@@ -40,8 +43,11 @@ class InspectReport:
             lines.append(f"{side}:")
             for t in s[side]:
                 q = t["quantization"]
-                quant = (f"scale {q['scale'][0]:.6g}, zero point {q['zero_point'][0]}"
-                         if q and q["scale"] else "not quantized")
+                quant = (
+                    f"scale {q['scale'][0]:.6g}, zero point {q['zero_point'][0]}"
+                    if q and q["scale"]
+                    else "not quantized"
+                )
                 lines.append(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}  {quant}")
         lines.append("tensors:")
         for t in self.info.tensors:
@@ -72,8 +78,10 @@ def inspect_tflite(path: Path, target: str | None = None) -> InspectReport:
 
         profile = load_profile(target)
         if not profile.is_micro:
-            raise InputError(f"--target {target}: fit reports are for microcontroller profiles "
-                             "(runtime = 'tflm'), e.g. cortex-m4")
+            raise InputError(
+                f"--target {target}: fit reports are for microcontroller profiles "
+                "(runtime = 'tflm'), e.g. cortex-m4"
+            )
         from edgec import micro
 
         fit = micro.fit_report(content, profile, inputs=None)
@@ -91,6 +99,8 @@ def evaluate_tflite(path: Path, data: str, *, threads: int = 1) -> dict[str, Any
     dataset = load_dataset(data, shape)
     classes = info.output_tensors[0].shape[-1]
     if dataset.num_classes is not None and dataset.num_classes > classes:
-        raise InputError(f"data {data}: labels go up to {dataset.num_classes - 1}, the model has {classes} outputs")
+        raise InputError(
+            f"data {data}: labels go up to {dataset.num_classes - 1}, the model has {classes} outputs"
+        )
     metrics = evaluate(content, dataset, threads=threads).metrics
     return {"file": str(path), **size_facts(content), **metrics, "data": dataset.source}

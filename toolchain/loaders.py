@@ -38,9 +38,14 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.name, "source": str(self.path), "sha256": self.sha256,
-            "format": self.format, "loader": self.loader, "notes": list(self.notes),
-            "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+            "name": self.name,
+            "source": str(self.path),
+            "sha256": self.sha256,
+            "format": self.format,
+            "loader": self.loader,
+            "notes": list(self.notes),
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
         }
 
 
@@ -77,8 +82,15 @@ def load_model(path: str | Path) -> LoadedModel:
 
 def from_keras(model: Any, name: str = "model", path: Path | None = None) -> LoadedModel:
     """Wrap an in-memory Keras 3 model (the demo, tests, and the passes' output)."""
-    return _wrap_keras(model, name=name, path=path or Path(name), fmt="keras",
-                       loader=f"keras {_keras_version()} (in memory)", digest="", notes=())
+    return _wrap_keras(
+        model,
+        name=name,
+        path=path or Path(name),
+        fmt="keras",
+        loader=f"keras {_keras_version()} (in memory)",
+        digest="",
+        notes=(),
+    )
 
 
 def _keras_version() -> str:
@@ -95,12 +107,20 @@ def _single(shape: Any, what: str, path: Path) -> tuple[int | None, ...]:
     return tuple(None if d is None else int(d) for d in shape[1:])
 
 
-def _wrap_keras(model: Any, *, name: str, path: Path, fmt: str, loader: str, digest: str,
-                notes: tuple[str, ...]) -> LoadedModel:
+def _wrap_keras(
+    model: Any, *, name: str, path: Path, fmt: str, loader: str, digest: str, notes: tuple[str, ...]
+) -> LoadedModel:
     return LoadedModel(
-        name=name, path=path, format=fmt, loader=loader, sha256=digest, keras=model,
-        convert_source=model, input_shape=_single(model.input_shape, "input", path),
-        output_shape=_single(model.output_shape, "output", path), notes=notes,
+        name=name,
+        path=path,
+        format=fmt,
+        loader=loader,
+        sha256=digest,
+        keras=model,
+        convert_source=model,
+        input_shape=_single(model.input_shape, "input", path),
+        output_shape=_single(model.output_shape, "output", path),
+        notes=notes,
     )
 
 
@@ -115,8 +135,15 @@ def _keras(path: Path) -> LoadedModel:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise InputError(f"model {path}: Keras could not load it: {_first_line(exc)}") from exc
-    return _wrap_keras(model, name=path.stem, path=path, fmt="keras",
-                       loader=f"keras {keras.__version__}", digest=sha256_path(path), notes=())
+    return _wrap_keras(
+        model,
+        name=path.stem,
+        path=path,
+        fmt="keras",
+        loader=f"keras {keras.__version__}",
+        digest=sha256_path(path),
+        notes=(),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -172,13 +199,21 @@ def _h5(path: Path) -> LoadedModel:
     except OSError as exc:
         raise InputError(f"model {path}: not a readable HDF5 file (corrupt or truncated)") from exc
     if raw is None:
-        raise InputError(f"model {path}: an .h5 with weights only (no model_config); save the whole model")
+        raise InputError(
+            f"model {path}: an .h5 with weights only (no model_config); save the whole model"
+        )
     saved_by = saved_by.decode() if isinstance(saved_by, bytes) else str(saved_by)
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
-        return _wrap_keras(model, name=path.stem, path=path, fmt="h5",
-                           loader=f"keras {keras.__version__} (h5 saved by keras {saved_by})",
-                           digest=digest, notes=())
+        return _wrap_keras(
+            model,
+            name=path.stem,
+            path=path,
+            fmt="h5",
+            loader=f"keras {keras.__version__} (h5 saved by keras {saved_by})",
+            digest=digest,
+            notes=(),
+        )
     except Exception as exc:  # Keras 3 rejected the legacy config: repair it
         first_error = _first_line(exc)
     config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
@@ -202,14 +237,26 @@ def _h5(path: Path) -> LoadedModel:
                 layer = re.search(r"(?:deserializing class|passed to) '?(\w+)", str(exc))
                 if not match:
                     break
-                keys = {k.strip(" '\"").split(":")[0].strip(" '\"") for k in match.group(1).split(",")}
-                drops.setdefault(layer.group(1) if layer else "*", set()).update(k for k in keys if k)
+                keys = {
+                    k.strip(" '\"").split(":")[0].strip(" '\"") for k in match.group(1).split(",")
+                }
+                drops.setdefault(layer.group(1) if layer else "*", set()).update(
+                    k for k in keys if k
+                )
                 continue
-            notes = (f"keras {keras.__version__} rejected the Keras {saved_by} config "
-                     f"({first_error[:120]}...); repaired: {'; '.join(changes)}",)
-            return _wrap_keras(model, name=path.stem, path=path, fmt="h5",
-                               loader=f"keras {keras.__version__} (repaired legacy h5)",
-                               digest=digest, notes=notes)
+            notes = (
+                f"keras {keras.__version__} rejected the Keras {saved_by} config "
+                f"({first_error[:120]}...); repaired: {'; '.join(changes)}",
+            )
+            return _wrap_keras(
+                model,
+                name=path.stem,
+                path=path,
+                fmt="h5",
+                loader=f"keras {keras.__version__} (repaired legacy h5)",
+                digest=digest,
+                notes=notes,
+            )
     return _tf_keras_fallback(path, digest, saved_by, last_error)
 
 
@@ -224,14 +271,23 @@ def _tf_keras_fallback(path: Path, digest: str, saved_by: str, error: str) -> Lo
     try:
         model = tf_keras.models.load_model(path, compile=False)
     except Exception as exc:
-        raise InputError(f"model {path}: neither Keras 3 nor tf-keras can load it ({_first_line(exc)})") from exc
+        raise InputError(
+            f"model {path}: neither Keras 3 nor tf-keras can load it ({_first_line(exc)})"
+        ) from exc
     return LoadedModel(
-        name=path.stem, path=path, format="h5", loader=f"tf-keras {tf_keras.__version__} (fallback)",
-        sha256=digest, keras=None, convert_source=model,
+        name=path.stem,
+        path=path,
+        format="h5",
+        loader=f"tf-keras {tf_keras.__version__} (fallback)",
+        sha256=digest,
+        keras=None,
+        convert_source=model,
         input_shape=_single(model.input_shape, "input", path),
         output_shape=_single(model.output_shape, "output", path),
-        notes=(f"Keras 3 could not load it ({error}); loaded with tf-keras: compression passes "
-               "need a Keras 3 model and are unavailable",),
+        notes=(
+            f"Keras 3 could not load it ({error}); loaded with tf-keras: compression passes "
+            "need a Keras 3 model and are unavailable",
+        ),
     )
 
 
@@ -243,13 +299,21 @@ def _savedmodel(path: Path) -> LoadedModel:
     try:
         float_tflite = convert(str(path), ConvertOptions(quantization=Quantization.FLOAT32))
     except Exception as exc:
-        raise InputError(f"model {path}: not a convertible SavedModel ({_first_line(exc)})") from exc
+        raise InputError(
+            f"model {path}: not a convertible SavedModel ({_first_line(exc)})"
+        ) from exc
     info = read_model(float_tflite, str(path))
     return LoadedModel(
-        name=path.name, path=path, format="savedmodel", loader="tf.lite from_saved_model",
-        sha256=sha256_path(path), keras=None, convert_source=str(path),
+        name=path.name,
+        path=path,
+        format="savedmodel",
+        loader="tf.lite from_saved_model",
+        sha256=sha256_path(path),
+        keras=None,
+        convert_source=str(path),
         input_shape=_single([[1, *info.input_tensors[0].shape[1:]]], "input", path)
-        if len(info.inputs) == 1 else _single([[]] * len(info.inputs), "input", path),
+        if len(info.inputs) == 1
+        else _single([[]] * len(info.inputs), "input", path),
         output_shape=tuple(info.output_tensors[0].shape[1:]),
         notes=("SavedModel: converted as a graph; compression passes need a Keras 3 model",),
     )
@@ -265,13 +329,20 @@ def _tflite(path: Path) -> LoadedModel:
     if len(info.inputs) != 1:
         raise InputError(f"model {path}: has {len(info.inputs)} inputs; edgec handles one input")
     if info.input_tensors[0].dtype != "float32":
-        raise InputError(f"model {path}: already quantized ({info.input_tensors[0].dtype} input); give a float .tflite")
+        raise InputError(
+            f"model {path}: already quantized ({info.input_tensors[0].dtype} input); give a float .tflite"
+        )
     return LoadedModel(
-        name=path.stem, path=path, format="tflite", loader="float .tflite (LiteRT quantizer)",
-        sha256=hashlib.sha256(content).hexdigest(), keras=None, convert_source=content,
+        name=path.stem,
+        path=path,
+        format="tflite",
+        loader="float .tflite (LiteRT quantizer)",
+        sha256=hashlib.sha256(content).hexdigest(),
+        keras=None,
+        convert_source=content,
         input_shape=tuple(info.input_tensors[0].shape[1:]),
         output_shape=tuple(info.output_tensors[0].shape[1:]),
-        notes=(".tflite input: quantized with ai-edge-quantizer; compression passes need a Keras 3 model",),
+        notes=(
+            ".tflite input: quantized with ai-edge-quantizer; compression passes need a Keras 3 model",
+        ),
     )
-
-

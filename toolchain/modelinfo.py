@@ -16,8 +16,23 @@ from typing import Any
 from edgec.errors import InputError
 
 # Ops that stay float-free in a full-integer model (they move or reinterpret data).
-_SHAPE_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION", "PACK", "UNPACK",
-              "SLICE", "STRIDED_SLICE", "GATHER", "SHAPE", "PAD", "PADV2", "SPLIT", "SPLIT_V"}
+_SHAPE_OPS = {
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "TRANSPOSE",
+    "CONCATENATION",
+    "PACK",
+    "UNPACK",
+    "SLICE",
+    "STRIDED_SLICE",
+    "GATHER",
+    "SHAPE",
+    "PAD",
+    "PADV2",
+    "SPLIT",
+    "SPLIT_V",
+}
 
 
 @cache
@@ -51,10 +66,23 @@ class Tensor:
         return n
 
     def to_dict(self) -> dict[str, Any]:
-        q = {"scale": list(self.scales[:4]), "zero_point": list(self.zero_points[:4]),
-             "channels": len(self.scales)} if self.scales else None
-        return {"index": self.index, "name": self.name, "shape": list(self.shape),
-                "dtype": self.dtype, "constant": self.constant, "quantization": q}
+        q = (
+            {
+                "scale": list(self.scales[:4]),
+                "zero_point": list(self.zero_points[:4]),
+                "channels": len(self.scales),
+            }
+            if self.scales
+            else None
+        )
+        return {
+            "index": self.index,
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "constant": self.constant,
+            "quantization": q,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +190,11 @@ def _info(model: Any, size: int) -> ModelInfo:
     for code in model.operatorCodes or []:
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         if builtin == _schema().BuiltinOperator.CUSTOM:
-            name = (code.customCode or b"").decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            name = (
+                (code.customCode or b"").decode()
+                if isinstance(code.customCode, bytes)
+                else str(code.customCode)
+            )
             codes.append((name or "CUSTOM", True))
         else:
             codes.append((ops_names.get(builtin, f"BUILTIN_{builtin}"), False))
@@ -176,27 +208,53 @@ def _info(model: Any, size: int) -> ModelInfo:
         )
         q = t.quantization
         scales = tuple(float(x) for x in (q.scale if q is not None and q.scale is not None else ()))
-        zps = tuple(int(x) for x in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))
+        zps = tuple(
+            int(x) for x in (q.zeroPoint if q is not None and q.zeroPoint is not None else ())
+        )
         name = t.name.decode(errors="replace") if isinstance(t.name, bytes) else str(t.name or "")
         shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
-        tensors.append(Tensor(index=i, name=name, shape=shape, dtype=type_names.get(t.type, str(t.type)).lower(),
-                              constant=has_data, scales=scales, zero_points=zps))
+        tensors.append(
+            Tensor(
+                index=i,
+                name=name,
+                shape=shape,
+                dtype=type_names.get(t.type, str(t.type)).lower(),
+                constant=has_data,
+                scales=scales,
+                zero_points=zps,
+            )
+        )
     ops = []
     for i, op in enumerate(graph.operators or []):
         if not 0 <= op.opcodeIndex < len(codes):
-            raise InputError(f"operator {i} names opcode {op.opcodeIndex}, but there are {len(codes)}")
+            raise InputError(
+                f"operator {i} names opcode {op.opcodeIndex}, but there are {len(codes)}"
+            )
         name, custom = codes[op.opcodeIndex]
         ins = tuple(int(x) for x in (op.inputs if op.inputs is not None else ()))
         outs = tuple(int(x) for x in (op.outputs if op.outputs is not None else ()))
         for idx in (*ins, *outs):
             if idx >= len(tensors):
-                raise InputError(f"operator {i} ({name}) names tensor {idx}, but there are {len(tensors)}")
+                raise InputError(
+                    f"operator {i} ({name}) names tensor {idx}, but there are {len(tensors)}"
+                )
         ops.append(Op(index=i, name=name, inputs=ins, outputs=outs, custom=custom))
     inputs = tuple(int(x) for x in (graph.inputs if graph.inputs is not None else ()))
     outputs = tuple(int(x) for x in (graph.outputs if graph.outputs is not None else ()))
     for idx in (*inputs, *outputs):
         if not 0 <= idx < len(tensors):
             raise InputError(f"graph input/output names tensor {idx}, but there are {len(tensors)}")
-    desc = model.description.decode(errors="replace") if isinstance(model.description, bytes) else str(model.description or "")
-    return ModelInfo(size_bytes=size, tensors=tuple(tensors), ops=tuple(ops), inputs=inputs,
-                     outputs=outputs, subgraphs=len(model.subgraphs), description=desc)
+    desc = (
+        model.description.decode(errors="replace")
+        if isinstance(model.description, bytes)
+        else str(model.description or "")
+    )
+    return ModelInfo(
+        size_bytes=size,
+        tensors=tuple(tensors),
+        ops=tuple(ops),
+        inputs=inputs,
+        outputs=outputs,
+        subgraphs=len(model.subgraphs),
+        description=desc,
+    )

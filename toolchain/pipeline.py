@@ -11,6 +11,7 @@ counts before and after, and adds context to a failure:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -75,15 +76,7 @@ class Pass(ABC):
 
 
 def count_params(model: Any) -> int:
-    return int(sum(int(w.shape.num_elements() if hasattr(w.shape, "num_elements")
-                       else _prod(w.shape)) for w in model.weights))
-
-
-def _prod(shape: Any) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return int(sum(math.prod(int(d) for d in w.shape) for w in model.weights))
 
 
 class PassManager:

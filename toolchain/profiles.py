@@ -168,14 +168,18 @@ def _build(name: str, raw: dict[str, Any], source: str) -> Profile:
     required = ["description", "arch", "runtime", "threads", "quantization"]
     missing = [k for k in required if k not in raw]
     if missing:
-        raise ProfileError(f"{source}: missing key {missing[0]!r} (required: {', '.join(required)})")
+        raise ProfileError(
+            f"{source}: missing key {missing[0]!r} (required: {', '.join(required)})"
+        )
 
     def enum(key: str, kind: type[StrEnum], value: Any) -> Any:
         try:
             return kind(value)
         except ValueError:
             valid = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
-            raise ProfileError(f"{source}: key {key!r} = {value!r} is not one of: {valid}") from None
+            raise ProfileError(
+                f"{source}: key {key!r} = {value!r} is not one of: {valid}"
+            ) from None
 
     def typed(key: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, kinds):

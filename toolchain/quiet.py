@@ -41,10 +41,8 @@ def quiet_fds() -> Iterator[None]:
 
 
 def _libc_fflush() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no libc: nothing buffered to lose
         ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # not a libc platform: nothing buffered to lose
-        pass
 
 
 def import_tensorflow_quietly() -> None:

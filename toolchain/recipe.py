@@ -215,3 +215,18 @@ def _literal(value: str) -> Any:
         return tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value  # a bare word such as `schedule=constant`; the Params type check decides
+
+
+def resolve_recipe(
+    profile: Profile | None, path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Recipe:
+    """What a build runs: the ``--recipe`` file, else the profile's default, then ``--pass``."""
+    if path is not None:
+        recipe = load_recipe(path)
+    elif profile is not None:
+        recipe = recipe_from_profile(profile)
+    else:
+        recipe = Recipe()
+    if overrides:
+        recipe = recipe.with_overrides([parse_override(text) for text in overrides])
+    return recipe

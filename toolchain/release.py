@@ -287,6 +287,15 @@ def _latency_rows(it: ArtifactData) -> list[str]:
     return rows
 
 
+def _checks_text(budgets: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{c.get('name')} {fmt_num(c.get('value'))} ≤ {fmt_num(c.get('limit'))}"
+        f" {'ok' if c.get('ok') else 'FAILED'}"
+        for c in budgets.get("checks") or []
+        if isinstance(c, dict)
+    )
+
+
 def _params(record: dict[str, Any]) -> str:
     return ", ".join(f"{k}={fmt_num(v)}" for k, v in sorted((record.get("params") or {}).items()))
 
@@ -384,14 +393,13 @@ def model_card(items: list[ArtifactData], *, name: str, version: str, failed: li
     lines += ["", "## Budgets", ""]
     for it in items:
         b = it.manifest.get("budgets") or {}
-        checks = ", ".join(
-            f"{c.get('name')} {fmt_num(c.get('value'))} ≤ {fmt_num(c.get('limit'))}"
-            f" {'ok' if c.get('ok') else 'FAILED'}"
-            for c in b.get("checks") or []
-            if isinstance(c, dict)
-        )
+        checks = _checks_text(b)
         verdict = "ok" if b.get("ok") else "FAILED" if b.get("ok") is False else "not checked"
         lines.append(f"- **{it.target}**: {verdict}" + (f" ({checks})" if checks else ""))
+        for r in it.runs:  # the bench checks the latency and RAM budgets on the device
+            rb = r.data.get("budgets")
+            if isinstance(rb, dict) and rb.get("checks"):
+                lines.append(f"  - on {r.device}: {_checks_text(rb)}")
 
     params = next(
         (

@@ -225,7 +225,9 @@ def render_dir(path: str | Path) -> list[Path]:
             f"{root}: neither an artifact folder (no {MANIFEST}) nor a build folder "
             f"(no <target>/{MANIFEST} inside)"
         )
-    for d in dirs:
+    from edgec.progress import track
+
+    for d in track(dirs, "rendering reports"):
         written += render_reports(d)
     written += render_build_summary(root)
     return written
@@ -451,6 +453,11 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
         return None
     ax.set_xlabel("model size (KiB)")
     ax.set_ylabel("accuracy (validation)")
+    # At least two points of accuracy on the axis: a 0.2-point difference must not look huge.
+    low, high = ax.get_ylim()
+    if high - low < 0.02:
+        mid = (low + high) / 2
+        ax.set_ylim(mid - 0.01, mid + 0.01)
     ax.set_title("Accuracy against size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="best")
@@ -747,6 +754,13 @@ def _micro_table(item: ArtifactData) -> Table | None:
     return Table(title="Microcontroller fit", header=["key", "value"], rows=rows)
 
 
+def _run_budgets(run: BenchRun) -> str:
+    b = run.data.get("budgets")
+    if not isinstance(b, dict) or not b.get("checks"):
+        return "–"
+    return "ok" if b.get("ok") else "FAILED"
+
+
 def _bench_table(items: list[ArtifactData]) -> Table:
     many = len(items) > 1
     rows, errors = [], []
@@ -770,6 +784,7 @@ def _bench_table(items: list[ArtifactData]) -> Table:
                         for k in ("mean", "std", "min", "p50", "p90", "p99", "max")
                     ),
                     fmt_bytes(r.peak_memory),
+                    _run_budgets(r),
                     r.file,
                 ]
             )
@@ -794,6 +809,7 @@ def _bench_table(items: list[ArtifactData]) -> Table:
             "p99",
             "max",
             "peak memory",
+            "budgets",
             "file",
         ],
         rows=rows,

@@ -85,16 +85,22 @@ class TensorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-            "scale": self.scale, "zero_point": self.zero_point,
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
         }
 
 
 def _info(detail: dict[str, Any]) -> TensorInfo:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorInfo(
-        name=detail["name"], shape=tuple(int(d) for d in detail["shape"]),
-        dtype=np.dtype(detail["dtype"]).name, scale=float(scale), zero_point=int(zero_point),
+        name=detail["name"],
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero_point),
     )
 
 
@@ -109,25 +115,23 @@ class TFLiteModel:
     def __init__(self, content: bytes, *, threads: int = 1, batch: int = 64) -> None:
         cls, self.runtime_name = interpreter_class()
         self.content = content
-        self._cls, self._threads = cls, threads
-        with quiet_fds():  # LiteRT announces its XNNPACK delegate on stderr
+        # LiteRT announces its XNNPACK delegate on stderr when tensors are first allocated.
+        with quiet_fds():
             self.interpreter = cls(model_content=content, num_threads=threads)
-        self.inputs = [_info(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [_info(d) for d in self.interpreter.get_output_details()]
-        self._batch = 1
-        if batch > 1 and len(self.inputs) == 1 and self.inputs[0].shape[:1] == (1,):
-            try:
-                idx = self.interpreter.get_input_details()[0]["index"]
-                self.interpreter.resize_tensor_input(idx, [batch, *self.inputs[0].shape[1:]])
+            self.inputs = [_info(d) for d in self.interpreter.get_input_details()]
+            self.outputs = [_info(d) for d in self.interpreter.get_output_details()]
+            self._batch = 1
+            if batch > 1 and len(self.inputs) == 1 and self.inputs[0].shape[:1] == (1,):
+                try:
+                    idx = self.interpreter.get_input_details()[0]["index"]
+                    self.interpreter.resize_tensor_input(idx, [batch, *self.inputs[0].shape[1:]])
+                    self.interpreter.allocate_tensors()
+                    self._batch = batch
+                except (RuntimeError, ValueError):
+                    # Some graphs hard-code batch 1 (a Reshape to [1, ...]): one at a time.
+                    self.interpreter = cls(model_content=content, num_threads=threads)
+            if self._batch == 1:
                 self.interpreter.allocate_tensors()
-                self._batch = batch
-            except (RuntimeError, ValueError):
-                # Some graphs hard-code batch 1 (a Reshape to [1, ...]); run one at a time.
-                self.interpreter = cls(model_content=content, num_threads=threads)
-        if self._batch == 1:
-            self.interpreter.allocate_tensors()
-        with quiet_fds():  # LiteRT announces its XNNPACK delegate at the first invoke
-            self.interpreter.invoke()
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         info = self.inputs[0]

@@ -22,6 +22,7 @@ This module knows nothing about conversion or the build: that is the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -277,13 +278,20 @@ def search(
     pick = best_ok or fallback
     assert pick is not None  # the plain candidate was measured, or raised
     _, chosen, chosen_model = pick
+    # Only the chosen candidate keeps its payload (an artifact each would add up for big models).
+    slim = tuple(
+        c
+        if c is chosen or c.measurement is None
+        else dataclasses.replace(c, measurement=dataclasses.replace(c.measurement, payload=None))
+        for c in tried
+    )
     return SearchResult(
         chosen=chosen,
         model=chosen_model,
         met=met,
         reference_accuracy=float(reference_accuracy),
         max_accuracy_drop=max_accuracy_drop,
-        candidates=tuple(tried),
+        candidates=slim,
     )
 
 

@@ -135,8 +135,11 @@ class InterpreterRunner(Runner):
         import numpy as np
 
         return [
-            {"name": d["name"], "shape": [int(s) for s in d["shape"]],
-             "dtype": np.dtype(d["dtype"]).name}
+            {
+                "name": d["name"],
+                "shape": [int(s) for s in d["shape"]],
+                "dtype": np.dtype(d["dtype"]).name,
+            }
             for d in self._in
         ]
 
@@ -186,8 +189,13 @@ class MicroRunner(Runner):
         specs = []
         for i in range(self._n_in):
             d = self._it.get_input_details(i)
-            specs.append({"name": f"input_{i}", "shape": [int(s) for s in d["shape"]],
-                          "dtype": np.dtype(d["dtype"]).name})
+            specs.append(
+                {
+                    "name": f"input_{i}",
+                    "shape": [int(s) for s in d["shape"]],
+                    "dtype": np.dtype(d["dtype"]).name,
+                }
+            )
         return specs
 
     def set_inputs(self, arrays: list[Any]) -> None:
@@ -247,8 +255,9 @@ def import_runtime(choice: str) -> tuple[str, Any, str]:
     )
 
 
-def make_runner(name: str, obj: Any, version: str, content: bytes, threads: int,
-                arena: int | None) -> Runner:
+def make_runner(
+    name: str, obj: Any, version: str, content: bytes, threads: int, arena: int | None
+) -> Runner:
     try:
         if name == "tflm":
             return MicroRunner(obj, version, content, arena)
@@ -294,9 +303,11 @@ def file_inputs(path: str, specs: list[dict[str, Any]]) -> list[Any]:
     else:
         keys = list(loaded.files)
         names = [s["name"] for s in specs]
-        raw = [loaded[n] for n in names] if all(n in keys for n in names) else [
-            loaded[k] for k in keys
-        ]
+        raw = (
+            [loaded[n] for n in names]
+            if all(n in keys for n in names)
+            else [loaded[k] for k in keys]
+        )
     if len(raw) != len(specs):
         raise HarnessError(
             f"--input {path}: has {len(raw)} array(s), the model has {len(specs)} input(s)", 2
@@ -365,15 +376,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-runs", type=int, default=1)
     p.add_argument("--warmup-min-secs", type=float, default=0.0)
     p.add_argument("--runs", type=int, default=50, help="steady-state runs (default 50)")
-    p.add_argument("--min-secs", type=float, default=0.0,
-                   help="run at least this long, even past --runs")
-    p.add_argument("--max-secs", type=float, default=150.0,
-                   help="stop after this long, even before --runs (0: no limit)")
+    p.add_argument(
+        "--min-secs", type=float, default=0.0, help="run at least this long, even past --runs"
+    )
+    p.add_argument(
+        "--max-secs",
+        type=float,
+        default=150.0,
+        help="stop after this long, even before --runs (0: no limit)",
+    )
     p.add_argument("--input", help="a .npy or .npz file of inputs (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arena-bytes", type=int, default=None, help="TFLM tensor arena size")
-    p.add_argument("--timeout", type=float, default=0.0,
-                   help="kill this process after this many seconds (0: never)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="kill this process after this many seconds (0: never)",
+    )
     p.add_argument("--out", help="write the JSON here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
@@ -453,14 +473,21 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
     peak, peak_source = peak_rss()
     return {
         "schema": SCHEMA,
-        "model": {"path": args.model, "bytes": len(content),
-                  "sha256": hashlib.sha256(content).hexdigest()},
+        "model": {
+            "path": args.model,
+            "bytes": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        },
         "runtime": {"name": name, "version": version},
         "threads": runner.threads,
         "params": {
-            "warmup_runs": args.warmup_runs, "warmup_min_secs": args.warmup_min_secs,
-            "runs": args.runs, "min_secs": args.min_secs, "max_secs": args.max_secs,
-            "input": args.input or "random", "seed": args.seed,
+            "warmup_runs": args.warmup_runs,
+            "warmup_min_secs": args.warmup_min_secs,
+            "runs": args.runs,
+            "min_secs": args.min_secs,
+            "max_secs": args.max_secs,
+            "input": args.input or "random",
+            "seed": args.seed,
         },
         "inputs": specs,
         "init_ms": init_ms,

@@ -40,16 +40,18 @@ def make_model(path: Path) -> int:
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((64, 64, 3)),
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.Conv2D(64, 3, strides=2, activation="relu"),
-        keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
-        keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.Conv2D(64, 3, strides=2, activation="relu"),
+            keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
+            keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
     content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     path.write_bytes(content)
     return len(content)
@@ -63,22 +65,57 @@ def litert_tool() -> Path:
 
 def fidelity(model: Path, rounds: int, runs: int, threads: int, tmp: Path) -> dict:
     harness = REPO / "benchmarks" / "harness" / "harness.py"
-    tool, ours = [], []
+    tool, ours, tool_min, ours_min = [], [], [], []
     for i in range(rounds):
         out = tmp / f"tool-{threads}-{i}.json"
-        subprocess.run([sys.executable, str(litert_tool()), f"--model={model}",
-                        f"--num_runs={runs}", "--warmup_runs=5", f"--num_threads={threads}",
-                        f"--result_json={out}"], check=True, capture_output=True)
-        tool.append(json.loads(out.read_text())["latency"]["median_ms"])
-        proc = subprocess.run([sys.executable, str(harness), str(model), "--runs", str(runs),
-                               "--warmup-runs", "5", "--threads", str(threads), "--quiet"],
-                              check=True, capture_output=True, text=True)
-        ours.append(json.loads(proc.stdout)["steady"]["p50_ms"])
+        subprocess.run(
+            [
+                sys.executable,
+                str(litert_tool()),
+                f"--model={model}",
+                f"--num_runs={runs}",
+                "--warmup_runs=5",
+                f"--num_threads={threads}",
+                f"--result_json={out}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        latency = json.loads(out.read_text())["latency"]
+        tool.append(latency["median_ms"])
+        tool_min.append(latency["min_ms"])
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(harness),
+                str(model),
+                "--runs",
+                str(runs),
+                "--warmup-runs",
+                "5",
+                "--threads",
+                str(threads),
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        steady = json.loads(proc.stdout)["steady"]
+        ours.append(steady["p50_ms"])
+        ours_min.append(steady["min_ms"])
     ratio = statistics.median(ours) / statistics.median(tool)
     return {
-        "threads": threads, "runs": runs, "rounds": rounds,
-        "litert_tool_median_ms": tool, "harness_median_ms": ours,
-        "ratio": ratio, "target": "0.90 <= ratio <= 1.10", "ok": 0.9 <= ratio <= 1.1,
+        "threads": threads,
+        "runs": runs,
+        "rounds": rounds,
+        "litert_tool_median_ms": tool,
+        "harness_median_ms": ours,
+        "ratio": ratio,
+        # Minimums are less sensitive to other load on the machine than medians.
+        "min_ratio": statistics.median(ours_min) / statistics.median(tool_min),
+        "target": "0.90 <= ratio <= 1.10",
+        "ok": 0.9 <= ratio <= 1.1,
         "note": "the tool rounds its median to 0.01 ms",
     }
 
@@ -92,20 +129,30 @@ def timed(argv: list[str], env: dict) -> float:
     return seconds
 
 
-def write_devices(path: Path, servers: list[Sshd], client: ClientKeys, work: Path,
-                  groups: dict[int, list[str]]) -> None:
+def write_devices(
+    path: Path, servers: list[Sshd], client: ClientKeys, work: Path, groups: dict[int, list[str]]
+) -> None:
     lines = []
     for i, s in enumerate(servers):
-        lines += [f"[devices.dev{i}]", 'host = "127.0.0.1"', f"port = {s.port}",
-                  f'user = "{s.user}"', f'key = "{client.key}"', f'python = "{sys.executable}"',
-                  f'workdir = "{work / f"dev{i}"}"', f"groups = {json.dumps(groups[i])}", ""]
+        lines += [
+            f"[devices.dev{i}]",
+            'host = "127.0.0.1"',
+            f"port = {s.port}",
+            f'user = "{s.user}"',
+            f'key = "{client.key}"',
+            f'python = "{sys.executable}"',
+            f'workdir = "{work / f"dev{i}"}"',
+            f"groups = {json.dumps(groups[i])}",
+            "",
+        ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" /
-                    "bench_overhead.json")
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_overhead.json"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     args = ap.parse_args()
@@ -117,7 +164,7 @@ def main() -> None:
         size = make_model(model)
         print(f"model: {size} bytes", file=sys.stderr)
 
-        fid = [fidelity(model, rounds, 200, t, tmp) for t in (1, 2)]
+        fid = [fidelity(model, 2 * rounds - 1, 500, t, tmp) for t in (1, 2)]
         for f in fid:
             print(f"fidelity threads={f['threads']}: ratio {f['ratio']:.3f}", file=sys.stderr)
 
@@ -137,30 +184,38 @@ def main() -> None:
                 devices = tmp / f"devices-{i}.toml"
                 write_devices(devices, servers[:1], client, tmp / f"work-{i}", {0: ["one"]})
                 local_t.append(timed([*bench, "--device", "local"], env))
-                ssh_cold.append(timed([*bench, "--device", "dev0", "--devices", str(devices)],
-                                      env))
-                ssh_warm.append(timed([*bench, "--device", "dev0", "--devices", str(devices)],
-                                      env))
+                ssh_cold.append(timed([*bench, "--device", "dev0", "--devices", str(devices)], env))
+                ssh_warm.append(timed([*bench, "--device", "dev0", "--devices", str(devices)], env))
             local_med = statistics.median(local_t)
             overhead = statistics.median(ssh_warm) - local_med
             overhead_cold = statistics.median(ssh_cold) - local_med
             ssh = {
-                "model_bytes": size, "runs": 100, "rounds": rounds,
-                "local_seconds": local_t, "ssh_cold_seconds": ssh_cold,
+                "model_bytes": size,
+                "runs": 100,
+                "rounds": rounds,
+                "local_seconds": local_t,
+                "ssh_cold_seconds": ssh_cold,
                 "ssh_warm_seconds": ssh_warm,
                 "ratio_warm": statistics.median(ssh_warm) / local_med,
                 "ratio_cold": statistics.median(ssh_cold) / local_med,
-                "overhead_seconds_warm": overhead, "overhead_seconds_cold": overhead_cold,
+                "overhead_seconds_warm": overhead,
+                "overhead_seconds_cold": overhead_cold,
                 "target": "overhead <= 2 s (cold, upload included)",
                 "ok": overhead_cold <= 2.0,
             }
-            print(f"ssh: overhead warm {overhead:.2f} s, cold {overhead_cold:.2f} s",
-                  file=sys.stderr)
+            print(
+                f"ssh: overhead warm {overhead:.2f} s, cold {overhead_cold:.2f} s", file=sys.stderr
+            )
 
             # A fleet of 4 against 1, warm (deployed once before timing).
             devices = tmp / "fleet.toml"
-            write_devices(devices, servers, client, tmp / "fleet",
-                          {0: ["one", "four"], 1: ["four"], 2: ["four"], 3: ["four"]})
+            write_devices(
+                devices,
+                servers,
+                client,
+                tmp / "fleet",
+                {0: ["one", "four"], 1: ["four"], 2: ["four"], 3: ["four"]},
+            )
             fleet_cmd = [*bench, "--devices", str(devices), "--jobs", "4", "--group"]
             timed([*fleet_cmd, "four"], env)
             one, four = [], []
@@ -168,9 +223,16 @@ def main() -> None:
                 one.append(timed([*fleet_cmd, "one"], env))
                 four.append(timed([*fleet_cmd, "four"], env))
             ratio = statistics.median(four) / statistics.median(one)
-            fleet = {"devices": 4, "runs": 100, "rounds": rounds, "one_seconds": one,
-                     "four_seconds": four, "ratio": ratio, "target": "ratio <= 1.5",
-                     "ok": ratio <= 1.5}
+            fleet = {
+                "devices": 4,
+                "runs": 100,
+                "rounds": rounds,
+                "one_seconds": one,
+                "four_seconds": four,
+                "ratio": ratio,
+                "target": "ratio <= 1.5",
+                "ok": ratio <= 1.5,
+            }
             print(f"fleet: 4 vs 1 ratio {ratio:.2f}", file=sys.stderr)
 
             # What one SSH command costs here (login shell start-up included).
@@ -189,8 +251,11 @@ def main() -> None:
 
     result = {
         "benchmark": "bench_overhead",
-        "machine": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "harness_vs_litert_tool": fid,
         "ssh_vs_local": ssh,
         "fleet_4_vs_1": fleet,

@@ -1,13 +1,17 @@
 """Deploy, device checks and setup, benchmarks on one device or a fleet.
 
-The flow for one device (``bench_one``): connect (``connect``), check that the
-device has Python, numpy and a TFLite runtime (``check_device``), publish the
-model and the harness into versioned folders (``deploy_to``), run the harness
-with a timeout while streaming its progress, store its JSON under the
-artifact's ``results/bench-<device>.json``, and check the target profile's
-latency and RAM budgets. ``bench`` runs that flow on one device or fans it out
-to a group with bounded concurrency, where one failing device does not stop the
-others, and prints the results side by side.
+The flow for one device (``bench_one``): connect, then, when the model and
+the harness are already on the device with the same sha256, verify and run in
+one command (the fast path). Otherwise probe the device (Python, numpy, a
+TFLite runtime) and plan the upload in one command, upload what differs under
+temporary names, then verify, rename into the versioned folders and run the
+harness in one more command. The harness runs with a timeout while its progress
+streams back; its JSON goes to the artifact's ``results/bench-<device>.json``,
+checked against the target profile's latency and RAM budgets. ``bench`` runs
+that flow on one device or fans it out to a group with bounded concurrency,
+where one failing device does not stop the others, and prints the results side
+by side. Few commands matter: each SSH command starts the device user's login
+shell, which costs from milliseconds to half a second.
 
 Remote layout, under the device's work folder (default ``.edgec`` in the
 remote home)::
@@ -23,6 +27,7 @@ valid document; every failure is one ``DeviceError`` line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import re
@@ -44,10 +49,14 @@ from edgec.deploy.transport import (
     Published,
     Transport,
     Upload,
+    commit_failure,
     device_op,
+    not_ready,
     plan,
     publish,
+    run_verified_argv,
     sha256_file,
+    stage,
 )
 from edgec.errors import BudgetError, DeviceError, EdgecError, InputError, UsageError
 
@@ -119,7 +128,9 @@ def locate_artifact(path: Path) -> Artifact:
             if not isinstance(manifest, dict):
                 raise InputError(f"{mpath}: a manifest must be a JSON object")
         if not model.is_file():
-            raise InputError(f"{path}: no model.tflite inside; give an artifact folder or a .tflite")
+            raise InputError(
+                f"{path}: no model.tflite inside; give an artifact folder or a .tflite"
+            )
     elif path.is_file():
         model, folder = path, path.parent
     else:
@@ -130,8 +141,11 @@ def locate_artifact(path: Path) -> Artifact:
         raise InputError(f"{model}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
     name = model.stem if path.is_file() else path.name
     if manifest and isinstance(manifest.get("model"), dict) and manifest["model"].get("name"):
-        target = manifest.get("target", {}).get("name") if isinstance(manifest.get("target"),
-                                                                        dict) else None
+        target = (
+            manifest.get("target", {}).get("name")
+            if isinstance(manifest.get("target"), dict)
+            else None
+        )
         name = manifest["model"]["name"] + (f"-{target}" if target else "")
     return Artifact(model=model, folder=folder, manifest=manifest, name=_safe(name))
 
@@ -161,7 +175,11 @@ def connect(device: Device, options: ConnectOptions | None = None) -> Transport:
 
     assert device.host is not None
     target = resolve_target(
-        device.host, name=device.name, port=device.port, user=device.user, key=device.key,
+        device.host,
+        name=device.name,
+        port=device.port,
+        user=device.user,
+        key=device.key,
         connect_timeout=options.connect_timeout,
         accept_new_host_key=options.accept_new_host_key,
     )
@@ -201,8 +219,27 @@ class DeviceFacts:
         return not self.missing
 
 
-def probe_device(transport: Transport, device: Device, *, need_micro: bool = False,
-                 uploads: list[Upload] | None = None, timeout: float = 60.0) -> DeviceFacts:
+def _facts(python: str, state: Plan, *, need_micro: bool) -> DeviceFacts:
+    probe = state.probe
+    missing = []
+    if not probe.get("numpy"):
+        missing.append("numpy")
+    rts = probe.get("runtimes") or {}
+    if need_micro and not rts.get("tflm"):
+        missing.append("the TFLM runtime (pip install tflite-micro)")
+    elif not need_micro and not (rts.get("litert") or rts.get("tflite_runtime")):
+        missing.append("a TFLite runtime (ai-edge-litert or tflite-runtime)")
+    return DeviceFacts(python=python, probe=probe, missing=tuple(missing), plan=state)
+
+
+def probe_device(
+    transport: Transport,
+    device: Device,
+    *,
+    need_micro: bool = False,
+    uploads: list[Upload] | None = None,
+    timeout: float = 60.0,
+) -> DeviceFacts:
     """Which Python the device has, whether numpy and a runtime are importable, and
     (same round trip) the state of the paths ``uploads`` will publish to."""
     candidates = python_candidates(device)
@@ -215,20 +252,13 @@ def probe_device(transport: Transport, device: Device, *, need_micro: bool = Fal
                 raise
             last = exc
             continue
-        probe = state.probe
-        missing = []
-        if not probe.get("numpy"):
-            missing.append("numpy")
-        rts = probe.get("runtimes") or {}
-        if need_micro and not rts.get("tflm"):
-            missing.append("the TFLM runtime (pip install tflite-micro)")
-        elif not need_micro and not (rts.get("litert") or rts.get("tflite_runtime")):
-            missing.append("a TFLite runtime (ai-edge-litert or tflite-runtime)")
-        return DeviceFacts(python=python, probe=probe, missing=tuple(missing), plan=state)
+        return _facts(python, state, need_micro=need_micro)
     assert last is not None
     tried = " or ".join(repr(c) for c in candidates)
-    raise DeviceError(f"{transport.label}: no Python found on the device (tried {tried}); "
-                      f"install Python 3 or set 'python' for device {device.name!r}")
+    raise DeviceError(
+        f"{transport.label}: no Python found on the device (tried {tried}); "
+        f"install Python 3 or set 'python' for device {device.name!r}"
+    )
 
 
 def require_ready(facts: DeviceFacts, device: Device, label: str) -> None:
@@ -241,8 +271,13 @@ def require_ready(facts: DeviceFacts, device: Device, label: str) -> None:
     )
 
 
-def check_device(spec: str, *, devices_file: Path | None = None, need_micro: bool = False,
-                 options: ConnectOptions | None = None) -> DeviceFacts:
+def check_device(
+    spec: str,
+    *,
+    devices_file: Path | None = None,
+    need_micro: bool = False,
+    options: ConnectOptions | None = None,
+) -> DeviceFacts:
     """``edgec device check``: connect, probe, raise DeviceError if something is missing."""
     device = resolve_device(spec, devices_file)
     transport = connect(device, options)
@@ -258,10 +293,17 @@ def check_device(spec: str, *, devices_file: Path | None = None, need_micro: boo
 SETUP_PACKAGES = ("numpy", "ai-edge-litert")
 
 
-def setup_device(spec: str, *, devices_file: Path | None = None, wheels: Path | None = None,
-                 packages: tuple[str, ...] = SETUP_PACKAGES, system_site_packages: bool = False,
-                 python: str | None = None, options: ConnectOptions | None = None,
-                 log: Log = _quiet) -> DeviceFacts:
+def setup_device(
+    spec: str,
+    *,
+    devices_file: Path | None = None,
+    wheels: Path | None = None,
+    packages: tuple[str, ...] = SETUP_PACKAGES,
+    system_site_packages: bool = False,
+    python: str | None = None,
+    options: ConnectOptions | None = None,
+    log: Log = _quiet,
+) -> DeviceFacts:
     """``edgec device setup``: a venv in the work folder with numpy and a runtime.
 
     The venv is made by ``python`` (default: the device's ``python``, then
@@ -274,47 +316,78 @@ def setup_device(spec: str, *, devices_file: Path | None = None, wheels: Path | 
     options = options or ConnectOptions()
     transport = connect(device, options)
     try:
-        base = python or device.python or (
-            "python3" if device.kind is DeviceKind.SSH else sys.executable)
+        base = (
+            python
+            or device.python
+            or ("python3" if device.kind is DeviceKind.SSH else sys.executable)
+        )
         work = _workdir(device)
         venv = posixpath.join(work, "venv")
         venv_py = _venv_python(device)
-        plan(transport, base, [Upload(local=Path(), remote=posixpath.join(work, "venv"),
-                                      sha256="")])
+        plan(
+            transport, base, [Upload(local=Path(), remote=posixpath.join(work, "venv"), sha256="")]
+        )
         log(f"creating {venv} with {base}")
-        argv = [base, "-m", "venv", *(["--system-site-packages"] if system_site_packages else []),
-                venv]
+        argv = [
+            base,
+            "-m",
+            "venv",
+            *(["--system-site-packages"] if system_site_packages else []),
+            venv,
+        ]
         res = transport.run(argv, timeout=600, on_stderr_line=log)
         if res.exit_code == NOT_FOUND:
-            raise DeviceError(f"{transport.label}: python {base!r} not found on the device; "
-                              "install Python 3 (apt install python3) or set 'python'")
+            raise DeviceError(
+                f"{transport.label}: python {base!r} not found on the device; "
+                "install Python 3 (apt install python3) or set 'python'"
+            )
         if res.exit_code != 0:
             text = res.stderr + res.stdout.decode(errors="replace")
-            hint = (" (install python3-venv: sudo apt install python3-venv)"
-                    if "ensurepip" in text else "")
-            raise DeviceError(f"{transport.label}: cannot create a venv at {venv!r}: "
-                              f"{_last_line(text, res.exit_code)}{hint}")
+            hint = (
+                " (install python3-venv: sudo apt install python3-venv)"
+                if "ensurepip" in text
+                else ""
+            )
+            raise DeviceError(
+                f"{transport.label}: cannot create a venv at {venv!r}: "
+                f"{_last_line(text, res.exit_code)}{hint}"
+            )
         pip_args = ["--disable-pip-version-check", "--no-input"]
         if wheels is not None:
             remote_wheels = posixpath.join(work, "wheels")
-            ups = [Upload.of(w, posixpath.join(remote_wheels, w.name))
-                   for w in sorted(Path(wheels).glob("*.whl"))]
-            state = plan(transport, venv_py, [*ups, Upload(
-                local=Path(), remote=posixpath.join(remote_wheels, ".keep"), sha256="")])
+            ups = [
+                Upload.of(w, posixpath.join(remote_wheels, w.name))
+                for w in sorted(Path(wheels).glob("*.whl"))
+            ]
+            state = plan(
+                transport,
+                venv_py,
+                [
+                    *ups,
+                    Upload(local=Path(), remote=posixpath.join(remote_wheels, ".keep"), sha256=""),
+                ],
+            )
             for pub in publish(transport, venv_py, ups, replace(state, states=state.states[:-1])):
                 log(f"{'uploaded' if pub.uploaded else 'already on device'}: {pub.remote}")
             pip_args += ["--no-index", "--find-links", remote_wheels]
         log(f"pip install {' '.join(packages)}")
-        res = transport.run([venv_py, "-m", "pip", "install", *pip_args, *packages],
-                            timeout=1800, on_stderr_line=log)
+        res = transport.run(
+            [venv_py, "-m", "pip", "install", *pip_args, *packages],
+            timeout=1800,
+            on_stderr_line=log,
+        )
         if res.exit_code != 0:
             text = res.stderr + "\n" + res.stdout.decode(errors="replace")
-            raise DeviceError(f"{transport.label}: pip install into {venv!r} failed: "
-                              f"{_last_line(text, res.exit_code)}")
+            raise DeviceError(
+                f"{transport.label}: pip install into {venv!r} failed: "
+                f"{_last_line(text, res.exit_code)}"
+            )
         facts = probe_device(transport, replace(device, python=venv_py))
         require_ready(facts, device, transport.label)
-        log(f"ready: {venv_py} (Python {facts.probe.get('python')}, numpy "
-            f"{facts.probe.get('numpy')}, runtimes {_runtimes(facts.probe)})")
+        log(
+            f"ready: {venv_py} (Python {facts.probe.get('python')}, numpy "
+            f"{facts.probe.get('numpy')}, runtimes {_runtimes(facts.probe)})"
+        )
         return facts
     finally:
         transport.close()
@@ -348,41 +421,90 @@ def harness_source() -> Path:
     return Path(harness.__file__).with_name("harness.py")
 
 
-def deploy_to(transport: Transport, device: Device, artifact: Artifact, *,
-              inputs: Path | None = None, need_micro: bool = False, log: Log = _quiet,
-              progress: Callable[[int, int], None] | None = None,
-              timeout: float = 60.0) -> Deployment:
-    """Check the device, then publish the model, the harness and inputs (idempotent)."""
+def planned_uploads(device: Device, artifact: Artifact, inputs: Path | None = None) -> list[Upload]:
+    """Model, harness (and inputs) with their versioned remote paths, computed locally."""
     work = _workdir(device)
     digest = sha256_file(artifact.model)
     src = harness_source()
     hdigest = sha256_file(src)
     uploads = [
-        Upload(local=artifact.model, sha256=digest, remote=posixpath.join(
-            work, "models", artifact.name, digest[:12], artifact.model.name)),
-        Upload(local=src, sha256=hdigest,
-               remote=posixpath.join(work, "harness", hdigest[:12], "harness.py")),
+        Upload(
+            local=artifact.model,
+            sha256=digest,
+            remote=posixpath.join(work, "models", artifact.name, digest[:12], artifact.model.name),
+        ),
+        Upload(
+            local=src,
+            sha256=hdigest,
+            remote=posixpath.join(work, "harness", hdigest[:12], "harness.py"),
+        ),
     ]
     if inputs is not None:
         idigest = sha256_file(inputs)
-        uploads.append(Upload(local=inputs, sha256=idigest, remote=posixpath.join(
-            work, "inputs", idigest[:12], _safe(inputs.name))))
-    facts = probe_device(transport, device, need_micro=need_micro, uploads=uploads,
-                         timeout=timeout)
+        uploads.append(
+            Upload(
+                local=inputs,
+                sha256=idigest,
+                remote=posixpath.join(work, "inputs", idigest[:12], _safe(inputs.name)),
+            )
+        )
+    return uploads
+
+
+def _deployment(
+    device: Device,
+    label: str,
+    python: str,
+    pubs: list[Published],
+    probe: dict[str, Any] | None = None,
+) -> Deployment:
+    return Deployment(
+        device=device,
+        label=label,
+        python=python,
+        model=pubs[0],
+        harness=pubs[1],
+        inputs=pubs[2] if len(pubs) > 2 else None,
+        probe=probe or {},
+    )
+
+
+def _say_deployed(log: Log, model: Published) -> None:
+    log(
+        f"{'uploaded' if model.uploaded else 'already on device (same sha256), not re-uploaded'}:"
+        f" {model.remote}"
+    )
+
+
+def deploy_to(
+    transport: Transport,
+    device: Device,
+    artifact: Artifact,
+    *,
+    inputs: Path | None = None,
+    need_micro: bool = False,
+    log: Log = _quiet,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float = 60.0,
+) -> Deployment:
+    """Check the device, then publish the model, the harness and inputs (idempotent)."""
+    uploads = planned_uploads(device, artifact, inputs)
+    facts = probe_device(transport, device, need_micro=need_micro, uploads=uploads, timeout=timeout)
     require_ready(facts, device, transport.label)
     assert facts.plan is not None
-    pubs = publish(transport, facts.python, uploads, facts.plan, progress=progress,
-                   timeout=timeout)
-    model = pubs[0]
-    log(f"{'uploaded' if model.uploaded else 'already on device (same sha256), not re-uploaded'}:"
-        f" {model.remote}")
-    return Deployment(device=device, label=transport.label, python=facts.python, model=model,
-                      harness=pubs[1], inputs=pubs[2] if inputs is not None else None,
-                      probe=facts.probe)
+    pubs = publish(transport, facts.python, uploads, facts.plan, progress=progress, timeout=timeout)
+    _say_deployed(log, pubs[0])
+    return _deployment(device, transport.label, facts.python, pubs, facts.probe)
 
 
-def deploy(artifact_path: Path, spec: str, *, devices_file: Path | None = None,
-           options: ConnectOptions | None = None, log: Log = _quiet) -> Deployment:
+def deploy(
+    artifact_path: Path,
+    spec: str,
+    *,
+    devices_file: Path | None = None,
+    options: ConnectOptions | None = None,
+    log: Log = _quiet,
+) -> Deployment:
     """``edgec deploy``: publish an artifact (and the harness) on one device."""
     artifact = locate_artifact(artifact_path)
     device = resolve_device(spec, devices_file)
@@ -390,9 +512,15 @@ def deploy(artifact_path: Path, spec: str, *, devices_file: Path | None = None,
     transport = connect(device, options)
     try:
         with _upload_bar(artifact.model) as progress:
-            return deploy_to(transport, device, artifact, log=log, progress=progress,
-                             need_micro=_is_micro(budget_profile(artifact, device, None)),
-                             timeout=options.command_timeout)
+            return deploy_to(
+                transport,
+                device,
+                artifact,
+                log=log,
+                progress=progress,
+                need_micro=_is_micro(budget_profile(artifact, device, None)),
+                timeout=options.command_timeout,
+            )
     finally:
         transport.close()
 
@@ -458,28 +586,75 @@ def check_budgets(doc: dict[str, Any], profile: dict[str, Any] | None) -> dict[s
         peak = doc["memory"].get("peak_rss_bytes")
         if peak is not None:
             checks.append({"name": "ram_bytes", "limit": ram, "value": peak, "ok": peak <= ram})
-    out: dict[str, Any] = {"profile": profile.get("name"), "checks": checks,
-                           "ok": all(c["ok"] for c in checks)}
+    out: dict[str, Any] = {
+        "profile": profile.get("name"),
+        "checks": checks,
+        "ok": all(c["ok"] for c in checks),
+    }
     if note:
         out["note"] = note
     return out
 
 
-def _harness_argv(dep: Deployment, options: BenchOptions, threads: int, runtime: str) -> list[str]:
-    argv = [
-        dep.python, dep.harness.remote, dep.model.remote, "--runtime", runtime,
-        "--threads", str(threads), "--warmup-runs", str(options.warmup), "--runs",
-        str(options.runs), "--min-secs", f"{options.min_secs:g}", "--max-secs",
-        f"{options.max_secs:g}", "--seed", str(options.seed), "--timeout", f"{options.timeout:g}",
+def harness_args(
+    uploads: list[Upload], options: BenchOptions, threads: int, runtime: str
+) -> list[str]:
+    """The harness command line on the device (after the interpreter)."""
+    args = [
+        uploads[1].remote,
+        uploads[0].remote,
+        "--runtime",
+        runtime,
+        "--threads",
+        str(threads),
+        "--warmup-runs",
+        str(options.warmup),
+        "--runs",
+        str(options.runs),
+        "--min-secs",
+        f"{options.min_secs:g}",
+        "--max-secs",
+        f"{options.max_secs:g}",
+        "--seed",
+        str(options.seed),
+        "--timeout",
+        f"{options.timeout:g}",
     ]
-    if dep.inputs is not None:
-        argv += ["--input", dep.inputs.remote]
-    return argv
+    if len(uploads) > 2:
+        args += ["--input", uploads[2].remote]
+    return args
 
 
-def run_harness(transport: Transport, dep: Deployment, options: BenchOptions, *, threads: int,
-                runtime: str, log: Log = _quiet) -> dict[str, Any]:
-    """Run the deployed harness; its JSON document, or DeviceError (crash, timeout, bad output)."""
+class _NotReady(Exception):
+    """The fast path could not start the harness: deploy and check first."""
+
+    def __init__(self, reason: str, state: Plan | None = None) -> None:
+        super().__init__(reason)
+        self.state = state  # the device's plan answer, when it sent one
+
+
+# Harness exit code for "no usable runtime / numpy": the device needs setup.
+_HARNESS_NO_RUNTIME = 4
+
+
+def run_harness(
+    transport: Transport,
+    device: Device,
+    python: str,
+    args: list[str],
+    options: BenchOptions,
+    *,
+    checks: list[list[str]],
+    commits: list[list[str]] | None = None,
+    log: Log = _quiet,
+    announce: str = "",
+) -> dict[str, Any]:
+    """Commit staged files, check the deployed bytes and run the harness, in one command.
+
+    Returns the harness's JSON document. Raises _NotReady when the files are not
+    deployed (or the interpreter or runtime is missing), DeviceError on a crash,
+    a timeout or bad output.
+    """
     pid: list[str] = []
     errors: list[str] = []
 
@@ -487,65 +662,159 @@ def run_harness(transport: Transport, dep: Deployment, options: BenchOptions, *,
         text = line.removeprefix("edgec-harness:").strip()
         if text.startswith("pid ") and not pid:
             pid.append(text[4:].strip())
+            if announce:
+                log(announce)
             return
         if text.startswith("error: "):
             errors.append(text[len("error: ") :])
         if line.startswith("edgec-harness:"):
             log(text)
 
-    argv = _harness_argv(dep, options, threads, runtime)
+    argv = run_verified_argv(python, args, checks=checks, commits=commits)
     res = transport.run(argv, timeout=options.timeout + HOST_GRACE_SECS, on_stderr_line=on_line)
-    where = f"device {dep.device.name} ({transport.label})"
+    where = f"device {device.name} ({transport.label})"
     if res.timed_out:
         if pid:
-            try:
-                device_op(transport, dep.python, "kill", pid[0], timeout=15)
-            except DeviceError:
-                pass  # the connection may be gone; the harness's own watchdog still fires
-        raise DeviceError(f"{where}: the harness did not finish within {options.timeout:g} s "
-                          "and was killed; raise --timeout or lower --runs")
+            with contextlib.suppress(DeviceError):  # the harness's own watchdog still fires
+                device_op(transport, python, "kill", pid[0], timeout=15)
+        raise DeviceError(
+            f"{where}: the harness did not finish within {options.timeout:g} s "
+            "and was killed; raise --timeout or lower --runs"
+        )
+    answer = not_ready(res.stdout) if not pid else None
+    if answer is not None:
+        if answer.get("commit"):
+            raise commit_failure(transport, answer)
+        got = answer.get("plan")
+        state = Plan(probe=got["probe"], states=got["files"]) if isinstance(got, dict) else None
+        raise _NotReady(answer.get("reason", "not deployed"), state)
+    if res.exit_code == NOT_FOUND and not pid:
+        raise _NotReady(f"python {python!r} not found")
+    if res.exit_code == _HARNESS_NO_RUNTIME:
+        raise _NotReady(errors[-1] if errors else "no runtime")
     if res.exit_code != 0:
         watchdog = res.seconds >= options.timeout - 0.5 and (
-            res.exit_code in (-1, 128 + 14, -14) or res.signal in ("SIGALRM", "unknown"))
+            res.exit_code in (-1, 128 + 14, -14) or res.signal in ("SIGALRM", "unknown")
+        )
         if watchdog:
-            raise DeviceError(f"{where}: the harness did not finish within {options.timeout:g} s "
-                              "and was killed; raise --timeout or lower --runs")
+            raise DeviceError(
+                f"{where}: the harness did not finish within {options.timeout:g} s "
+                "and was killed; raise --timeout or lower --runs"
+            )
         if errors:
             raise DeviceError(f"{where}: the harness failed: {errors[-1]}")
         if res.signal or res.exit_code < 0 or res.exit_code > 128:
             sig = res.signal if res.signal and res.signal != "unknown" else "a signal"
-            raise DeviceError(f"{where}: the harness crashed (killed by {sig}, exit "
-                              f"{res.exit_code}); nothing was recorded")
-        raise DeviceError(f"{where}: the harness failed (exit {res.exit_code}): "
-                          f"{_last_line(res.stderr, res.exit_code)}")
+            raise DeviceError(
+                f"{where}: the harness crashed (killed by {sig}, exit "
+                f"{res.exit_code}); nothing was recorded"
+            )
+        raise DeviceError(
+            f"{where}: the harness failed (exit {res.exit_code}): "
+            f"{_last_line(res.stderr, res.exit_code)}"
+        )
+    text = res.stdout.decode(errors="replace")
+    # A chatty login shell (an echo in ~/.bashrc) may print before the document.
+    text = text[text.find("{") :] if "{" in text else text
     try:
-        doc = json.loads(res.stdout.decode())
+        doc = json.loads(text)
         if not isinstance(doc, dict) or "steady" not in doc:
             raise ValueError("no steady-state section")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DeviceError(f"{where}: the harness printed no valid JSON document ({exc}); "
-                          "nothing was recorded") from exc
+    except ValueError as exc:
+        raise DeviceError(
+            f"{where}: the harness printed no valid JSON document ({exc}); nothing was recorded"
+        ) from exc
     return doc
 
 
-def bench_one(artifact: Artifact, device: Device, options: BenchOptions, *,
-              log: Log = _quiet, progress: Callable[[int, int], None] | None = None) -> Outcome:
-    """The whole flow on one device; failures become the Outcome's error, never a result."""
+def bench_one(
+    artifact: Artifact,
+    device: Device,
+    options: BenchOptions,
+    *,
+    log: Log = _quiet,
+    progress: Callable[[int, int], None] | None = None,
+) -> Outcome:
+    """The whole flow on one device; failures become the Outcome's error, never a result.
+
+    Fast path, one command: when the model and harness are already deployed (same
+    sha256), verify and run at once. Otherwise: probe and plan (one command),
+    upload what differs, then commit and run (one command).
+    """
     start = time.monotonic()
     try:
         profile = budget_profile(artifact, device, options.target)
         micro = _is_micro(profile)
         threads = options.threads or (int(profile["threads"]) if profile else 1)
+        runtime = "tflm" if micro else "auto"
+        uploads = planned_uploads(device, artifact, options.inputs)
+        args = harness_args(uploads, options, threads, runtime)
+        checks = [[u.remote, u.sha256] for u in uploads]
         transport = connect(device, options.connect)
         try:
             if getattr(transport, "recorded_host_key", None):
                 log(f"recorded new host key {transport.recorded_host_key}")  # type: ignore[attr-defined]
-            dep = deploy_to(transport, device, artifact, inputs=options.inputs, need_micro=micro,
-                            log=log, progress=progress, timeout=options.connect.command_timeout)
-            log(f"running the harness: {options.runs} runs, {threads} thread(s), timeout "
-                f"{options.timeout:g} s")
-            doc = run_harness(transport, dep, options, threads=threads,
-                              runtime="tflm" if micro else "auto", log=log)
+            running = (
+                f"running the harness: {options.runs} runs, {threads} thread(s), "
+                f"timeout {options.timeout:g} s"
+            )
+            python = python_candidates(device)[0]
+            try:
+                doc = run_harness(
+                    transport,
+                    device,
+                    python,
+                    args,
+                    options,
+                    checks=checks,
+                    log=log,
+                    announce=f"already on device (same sha256), not re-uploaded: "
+                    f"{uploads[0].remote}; {running}",
+                )
+                pubs = [
+                    Published(
+                        remote=u.remote,
+                        sha256=u.sha256,
+                        bytes=u.local.stat().st_size,
+                        uploaded=False,
+                    )
+                    for u in uploads
+                ]
+            except _NotReady as first:
+                if first.state is not None:  # the device already answered the plan
+                    facts = _facts(python, first.state, need_micro=micro)
+                else:
+                    facts = probe_device(
+                        transport,
+                        device,
+                        need_micro=micro,
+                        uploads=uploads,
+                        timeout=options.connect.command_timeout,
+                    )
+                require_ready(facts, device, transport.label)
+                assert facts.plan is not None
+                python = facts.python
+                staged = stage(transport, python, uploads, facts.plan, progress=progress)
+                pubs = staged.published
+                _say_deployed(log, pubs[0])
+                try:
+                    doc = run_harness(
+                        transport,
+                        device,
+                        python,
+                        args,
+                        options,
+                        checks=checks,
+                        commits=staged.commits,
+                        log=log,
+                        announce=running,
+                    )
+                except _NotReady as exc:
+                    raise DeviceError(
+                        f"device {device.name} ({transport.label}): the harness "
+                        f"could not start after deploying: {exc}"
+                    ) from None
+            dep = _deployment(device, transport.label, python, pubs)
         finally:
             transport.close()
     except EdgecError as exc:
@@ -556,10 +825,17 @@ def bench_one(artifact: Artifact, device: Device, options: BenchOptions, *,
         "harness_schema": doc.get("schema"),
         "device": device.name,
         "device_info": {**device.to_dict(), "address": dep.label, "python": dep.python},
-        "artifact": {"path": str(artifact.model), "file": artifact.model.name,
-                     "sha256": dep.model.sha256, "bytes": dep.model.bytes},
-        "remote": {"model": dep.model.remote, "harness": dep.harness.remote,
-                   "uploaded": dep.model.uploaded},
+        "artifact": {
+            "path": str(artifact.model),
+            "file": artifact.model.name,
+            "sha256": dep.model.sha256,
+            "bytes": dep.model.bytes,
+        },
+        "remote": {
+            "model": dep.model.remote,
+            "harness": dep.harness.remote,
+            "uploaded": dep.model.uploaded,
+        },
         "budgets": check_budgets(doc, profile),
         "edgec_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -576,8 +852,21 @@ def bench_one(artifact: Artifact, device: Device, options: BenchOptions, *,
 
 def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
     """The side-by-side comparison: one row per device."""
-    rows = [["device", "status", "runtime", "threads", "runs", "p50 ms", "p90 ms", "mean ms",
-             "init ms", "peak RSS MB", "budgets"]]
+    rows = [
+        [
+            "device",
+            "status",
+            "runtime",
+            "threads",
+            "runs",
+            "p50 ms",
+            "p90 ms",
+            "mean ms",
+            "init ms",
+            "peak RSS MB",
+            "budgets",
+        ]
+    ]
     for o in outcomes:
         if not o.ok:
             rows.append([o.device.name, "FAILED", *["-"] * 8, str(o.error)])
@@ -586,14 +875,31 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
         s, m = r["steady"], r["memory"]
         peak = m.get("peak_rss_bytes")
         b = r["budgets"]
-        btxt = "ok" if b["ok"] else "EXCEEDED: " + ", ".join(
-            f"{c['name']} {c['value']:.4g} > {c['limit']:.4g}" for c in b["checks"] if not c["ok"])
-        rows.append([
-            o.device.name, "ok", f"{r['runtime']['name']} {r['runtime']['version']}",
-            str(r["threads"]), str(s["count"]), f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}",
-            f"{s['mean_ms']:.3f}", f"{r['init_ms']:.1f}",
-            f"{peak / 2**20:.1f}" if peak else "-", btxt if b["checks"] else "-",
-        ])
+        btxt = (
+            "ok"
+            if b["ok"]
+            else "EXCEEDED: "
+            + ", ".join(
+                f"{c['name']} {c['value']:.4g} > {c['limit']:.4g}"
+                for c in b["checks"]
+                if not c["ok"]
+            )
+        )
+        rows.append(
+            [
+                o.device.name,
+                "ok",
+                f"{r['runtime']['name']} {r['runtime']['version']}",
+                str(r["threads"]),
+                str(s["count"]),
+                f"{s['p50_ms']:.3f}",
+                f"{s['p90_ms']:.3f}",
+                f"{s['mean_ms']:.3f}",
+                f"{r['init_ms']:.1f}",
+                f"{peak / 2**20:.1f}" if peak else "-",
+                btxt if b["checks"] else "-",
+            ]
+        )
     return rows
 
 
@@ -606,9 +912,16 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def bench(artifact_path: Path, *, device: str | None = None, group: str | None = None,
-          devices_file: Path | None = None, options: BenchOptions | None = None,
-          log: Log = _quiet, out: Log = _quiet) -> list[Outcome]:
+def bench(
+    artifact_path: Path,
+    *,
+    device: str | None = None,
+    group: str | None = None,
+    devices_file: Path | None = None,
+    options: BenchOptions | None = None,
+    log: Log = _quiet,
+    out: Log = _quiet,
+) -> list[Outcome]:
     """``edgec bench``: one device or a group; ``out`` gets the side-by-side table.
 
     Progress goes to ``log``. Raises (after the table) DeviceError when a device
@@ -624,8 +937,11 @@ def bench(artifact_path: Path, *, device: str | None = None, group: str | None =
     if device and group:
         raise UsageError("give --device or --group, not both")
     artifact = locate_artifact(artifact_path)
-    devices = resolve_group(group, devices_file) if group else [
-        resolve_device(device or "local", devices_file)]
+    devices = (
+        resolve_group(group, devices_file)
+        if group
+        else [resolve_device(device or "local", devices_file)]
+    )
 
     lock = threading.Lock()
 
@@ -633,16 +949,21 @@ def bench(artifact_path: Path, *, device: str | None = None, group: str | None =
         def emit(line: str) -> None:
             with lock:
                 log(f"[{name}] {line}" if len(devices) > 1 else line)
+
         return emit
 
     if len(devices) == 1:
         with _upload_bar(artifact.model) as progress:
-            outcomes = [bench_one(artifact, devices[0], options, log=logger(devices[0].name),
-                                  progress=progress)]
+            outcomes = [
+                bench_one(
+                    artifact, devices[0], options, log=logger(devices[0].name), progress=progress
+                )
+            ]
     else:
         with ThreadPoolExecutor(max_workers=min(options.jobs, len(devices))) as pool:
-            futures = [pool.submit(bench_one, artifact, d, options, log=logger(d.name))
-                       for d in devices]
+            futures = [
+                pool.submit(bench_one, artifact, d, options, log=logger(d.name)) for d in devices
+            ]
             outcomes = [f.result() for f in futures]
 
     if any(o.ok for o in outcomes) and options.save and artifact.manifest is not None:
@@ -656,12 +977,14 @@ def bench(artifact_path: Path, *, device: str | None = None, group: str | None =
     out(format_table(summary_rows(outcomes)))
     if failed:
         names = ", ".join(o.device.name for o in failed)
-        raise DeviceError(f"{len(failed)} of {len(outcomes)} devices failed ({names}); "
-                          f"the others' results were stored; first error: {failed[0].error}")
+        raise DeviceError(
+            f"{len(failed)} of {len(outcomes)} devices failed ({names}); "
+            f"the others' results were stored; first error: {failed[0].error}"
+        )
     over = [o for o in outcomes if not o.budgets_ok]
     if over:
         first = over[0].result["budgets"]  # type: ignore[index]
-        bad = [c for c in first["checks"] if not c["ok"]][0]
+        bad = next(c for c in first["checks"] if not c["ok"])
         raise BudgetError(
             f"device {over[0].device.name}: {bad['name']} budget of profile {first['profile']!r} "
             f"exceeded: measured {bad['value']:.4g}, limit {bad['limit']:.4g}"

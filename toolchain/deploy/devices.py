@@ -58,9 +58,15 @@ class Device:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": str(self.kind), "host": self.host, "port": self.port,
-            "user": self.user, "profile": self.profile, "python": self.python,
-            "workdir": self.workdir, "groups": list(self.groups),
+            "name": self.name,
+            "kind": str(self.kind),
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "profile": self.profile,
+            "python": self.python,
+            "workdir": self.workdir,
+            "groups": list(self.groups),
         }
 
 
@@ -91,7 +97,9 @@ def load_devices(path: Path) -> dict[str, Device]:
         raise UsageError(f"devices file {path}: not valid TOML ({exc})") from exc
     extra = sorted(set(raw) - {"devices"})
     if extra:
-        raise UsageError(f"{path}: unknown top-level key {extra[0]!r}; valid: [devices.NAME] tables")
+        raise UsageError(
+            f"{path}: unknown top-level key {extra[0]!r}; valid: [devices.NAME] tables"
+        )
     table = raw.get("devices", {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: 'devices' must be tables: [devices.NAME]")
@@ -104,25 +112,34 @@ def load_devices(path: Path) -> dict[str, Device]:
             raise UsageError(f"{where} must be a table")
         unknown = sorted(set(entry) - _KEYS)
         if unknown:
-            raise UsageError(f"{where}: unknown key {unknown[0]!r}; valid keys: "
-                             f"{', '.join(sorted(_KEYS))}")
+            raise UsageError(
+                f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}"
+            )
         if not isinstance(entry.get("host"), str) or not entry["host"]:
-            raise UsageError(f"{where}: key 'host' (a host name, address or ~/.ssh/config alias) "
-                             "is required")
+            raise UsageError(
+                f"{where}: key 'host' (a host name, address or ~/.ssh/config alias) is required"
+            )
         for key in ("user", "key", "profile", "python", "workdir"):
             if key in entry and not isinstance(entry[key], str):
                 raise UsageError(f"{where}: key {key!r} = {entry[key]!r} must be a string")
         port = entry.get("port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                                 or not 0 < port < 65536):
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+        ):
             raise UsageError(f"{where}: key 'port' = {port!r} must be a number from 1 to 65535")
         groups = entry.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise UsageError(f"{where}: key 'groups' must be a list of strings")
         out[name] = Device(
-            name=name, host=entry["host"], port=port, user=entry.get("user"),
-            key=entry.get("key"), profile=entry.get("profile"), python=entry.get("python"),
-            workdir=entry.get("workdir", ".edgec"), groups=tuple(groups),
+            name=name,
+            host=entry["host"],
+            port=port,
+            user=entry.get("user"),
+            key=entry.get("key"),
+            profile=entry.get("profile"),
+            python=entry.get("python"),
+            workdir=entry.get("workdir", ".edgec"),
+            groups=tuple(groups),
         )
     return out
 
@@ -134,8 +151,10 @@ def parse_spec(spec: str) -> Device:
     """``[user@]host[:port]`` (IPv6 in brackets) as an ad-hoc SSH device."""
     m = _SPEC.match(spec.strip())
     if not m:
-        raise UsageError(f"--device {spec!r}: expected 'local', a name from the devices file, "
-                         "or [user@]host[:port]")
+        raise UsageError(
+            f"--device {spec!r}: expected 'local', a name from the devices file, "
+            "or [user@]host[:port]"
+        )
     port = int(m["port"]) if m["port"] else None
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"--device {spec!r}: port {port} must be from 1 to 65535")
@@ -157,14 +176,17 @@ def resolve_device(spec: str, devices_file: Path | None = None) -> Device:
 def resolve_group(group: str, devices_file: Path | None = None) -> list[Device]:
     path = devices_file or default_devices_file()
     if path is None:
-        raise UsageError(f"--group {group!r} needs a devices file: pass --devices PATH or set "
-                         f"${ENV}")
+        raise UsageError(
+            f"--group {group!r} needs a devices file: pass --devices PATH or set ${ENV}"
+        )
     devices = load_devices(path)
     members = [d for d in devices.values() if group in d.groups]
     if not members:
         known = sorted({g for d in devices.values() for g in d.groups})
-        raise UsageError(f"--group {group!r}: no device in {path} has it; groups there: "
-                         f"{', '.join(known) or '(none)'}")
+        raise UsageError(
+            f"--group {group!r}: no device in {path} has it; groups there: "
+            f"{', '.join(known) or '(none)'}"
+        )
     return members
 
 
@@ -172,8 +194,10 @@ def list_devices(devices_file: Path | None = None) -> list[str]:
     """``edgec devices``: one line per device of the devices file."""
     path = devices_file or default_devices_file()
     if path is None:
-        raise UsageError(f"no devices file: pass --devices PATH, set ${ENV}, or write "
-                         "~/.config/edgec/devices.toml")
+        raise UsageError(
+            f"no devices file: pass --devices PATH, set ${ENV}, or write "
+            "~/.config/edgec/devices.toml"
+        )
     lines = []
     for d in load_devices(path).values():
         where = f"{d.user + '@' if d.user else ''}{d.host}{':' + str(d.port) if d.port else ''}"

@@ -8,6 +8,7 @@ harness and anything it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -48,7 +49,9 @@ class LocalTransport:
                     if progress is not None:
                         progress(sent, total)
         except OSError as exc:
-            raise DeviceError(f"local: cannot copy {local} to {dest}: {exc.strerror or exc}") from exc
+            raise DeviceError(
+                f"local: cannot copy {local} to {dest}: {exc.strerror or exc}"
+            ) from exc
 
     def download(self, remote: str, local: Path) -> None:
         try:
@@ -56,17 +59,23 @@ class LocalTransport:
         except OSError as exc:
             raise DeviceError(f"local: cannot copy {remote} to {local}: {exc}") from exc
 
-    def run(self, argv: list[str], *, timeout: float,
-            on_stderr_line: LineSink | None = None) -> RunResult:
+    def run(
+        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+    ) -> RunResult:
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                argv, cwd=self.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
+                argv,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
         except FileNotFoundError:
-            return RunResult(exit_code=NOT_FOUND, stdout=b"", stderr=f"{argv[0]}: not found",
-                             seconds=0.0)
+            return RunResult(
+                exit_code=NOT_FOUND, stdout=b"", stderr=f"{argv[0]}: not found", seconds=0.0
+            )
         err_lines: list[str] = []
 
         def pump() -> None:
@@ -83,25 +92,28 @@ class LocalTransport:
         assert proc.stdout is not None
         out_chunks: list[bytes] = []
         out_reader = threading.Thread(
-            target=lambda: out_chunks.append(proc.stdout.read()), daemon=True  # type: ignore[union-attr]
+            target=lambda: out_chunks.append(proc.stdout.read()),
+            daemon=True,  # type: ignore[union-attr]
         )
         out_reader.start()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
         out_reader.join(5)
         reader.join(5)
         code = proc.returncode
         sig = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else None
         return RunResult(
-            exit_code=code, stdout=b"".join(out_chunks), stderr="\n".join(err_lines),
-            seconds=time.monotonic() - start, timed_out=timed_out, signal=sig,
+            exit_code=code,
+            stdout=b"".join(out_chunks),
+            stderr="\n".join(err_lines),
+            seconds=time.monotonic() - start,
+            timed_out=timed_out,
+            signal=sig,
         )
 
     def close(self) -> None:

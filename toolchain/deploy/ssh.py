@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import hashlib
 import logging
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+
 from edgec.deploy.transport import LineSink, ProgressSink, RunResult, quote_command
 from edgec.errors import DeviceError
 
@@ -67,10 +69,18 @@ def ssh_config_path() -> Path:
     return Path(os.path.expanduser("~")) / ".ssh" / "config"
 
 
-def resolve_target(host: str, *, name: str = "", port: int | None = None, user: str | None = None,
-                   key: str | None = None, known_hosts: str | None = None,
-                   connect_timeout: float = 10.0, accept_new_host_key: bool = False,
-                   config_path: Path | None = None) -> SSHTarget:
+def resolve_target(
+    host: str,
+    *,
+    name: str = "",
+    port: int | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    known_hosts: str | None = None,
+    connect_timeout: float = 10.0,
+    accept_new_host_key: bool = False,
+    config_path: Path | None = None,
+) -> SSHTarget:
     """Apply ``~/.ssh/config`` to ``host``; explicit arguments override it."""
     path = config_path or ssh_config_path()
     found: dict[str, Any] = {}
@@ -116,8 +126,9 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         self.known_hosts, self.accept_new = known_hosts, accept_new
         self.recorded: str | None = None
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         if not self.accept_new:
             raise _UnknownHostKey(hostname, key)
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -157,10 +168,16 @@ class SSHTransport:
             where = t.label  # an ad-hoc user@host:port: the name says it all
         try:
             client.connect(
-                t.hostname, port=t.port, username=t.user,
-                key_filename=list(t.key_files) or None, allow_agent=True, look_for_keys=True,
-                timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
-                auth_timeout=t.connect_timeout, channel_timeout=t.connect_timeout,
+                t.hostname,
+                port=t.port,
+                username=t.user,
+                key_filename=list(t.key_files) or None,
+                allow_agent=True,
+                look_for_keys=True,
+                timeout=t.connect_timeout,
+                banner_timeout=t.connect_timeout,
+                auth_timeout=t.connect_timeout,
+                channel_timeout=t.connect_timeout,
             )
         except _UnknownHostKey as exc:
             client.close()
@@ -185,7 +202,13 @@ class SSHTransport:
                 f"{where}: authentication failed for user {t.user!r} (tried {tried} and the "
                 f"SSH agent): {exc}; check the user and key, or run ssh-copy-id"
             ) from None
-        except (paramiko.ssh_exception.NoValidConnectionsError, TimeoutError, socket.gaierror, ConnectionError, OSError) as exc:
+        except (
+            paramiko.ssh_exception.NoValidConnectionsError,
+            TimeoutError,
+            socket.gaierror,
+            ConnectionError,
+            OSError,
+        ) as exc:
             client.close()
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -193,7 +216,9 @@ class SSHTransport:
             raise DeviceError(f"{where}: cannot reach the device: {reason}") from None
         except (paramiko.SSHException, EOFError) as exc:
             client.close()
-            raise DeviceError(f"{where}: SSH handshake failed: {exc or type(exc).__name__}") from None
+            raise DeviceError(
+                f"{where}: SSH handshake failed: {exc or type(exc).__name__}"
+            ) from None
         self.recorded_host_key = policy.recorded
         return client
 
@@ -242,8 +267,9 @@ class SSHTransport:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise DeviceError(f"{self.label}: cannot download {remote!r}: {exc}") from exc
 
-    def run(self, argv: list[str], *, timeout: float,
-            on_stderr_line: LineSink | None = None) -> RunResult:
+    def run(
+        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+    ) -> RunResult:
         start = time.monotonic()
         command = quote_command(argv)
         try:
@@ -299,8 +325,11 @@ class SSHTransport:
         if not timed_out and code == -1 and not self._alive():
             raise self._dropped(f"running {argv[0]}")
         return RunResult(
-            exit_code=code, stdout=bytes(out), stderr="\n".join(err_lines),
-            seconds=time.monotonic() - start, timed_out=timed_out,
+            exit_code=code,
+            stdout=bytes(out),
+            stderr="\n".join(err_lines),
+            seconds=time.monotonic() - start,
+            timed_out=timed_out,
             # OpenSSH reports a signal death as exit-signal, which paramiko
             # leaves as status -1: the name of the signal is not known here.
             signal="unknown" if code == -1 and not timed_out else None,
@@ -308,8 +337,7 @@ class SSHTransport:
 
     def close(self) -> None:
         if self._sftp is not None:
-            try:
+            # closing a dead connection must not mask the real error
+            with contextlib.suppress(Exception):
                 self._sftp.close()
-            except Exception:  # closing a dead connection must not mask the real error
-                pass
         self._client.close()

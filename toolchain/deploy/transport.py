@@ -66,8 +66,9 @@ class Transport(Protocol):
     def download(self, remote: str, local: Path) -> None:
         """Copy ``remote`` to ``local``. Raises DeviceError."""
 
-    def run(self, argv: list[str], *, timeout: float,
-            on_stderr_line: LineSink | None = None) -> RunResult:
+    def run(
+        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+    ) -> RunResult:
         """Run ``argv`` on the device; a timeout kills it and sets ``timed_out``."""
 
     def close(self) -> None: ...
@@ -166,6 +167,20 @@ def remove(path):
 def free(folder):
     st = os.statvfs(folder)
     return {"free_bytes": st.f_bavail * st.f_frsize}
+def run(commits, checks, *argv):
+    for done in commit(commits):
+        if not done["ok"]:
+            return {"ready": False, "reason": done["reason"], "commit": True}
+    checks = json.loads(checks)
+    for final, want in checks:
+        if not os.path.isfile(final) or sha(final) != want:
+            # not deployed: answer what a plan would, saving the host a round trip
+            pairs = [[os.path.dirname(f) or ".", f] for f, _ in checks]
+            return {"ready": False, "reason": "not deployed: " + final,
+                    "plan": plan(json.dumps(pairs))}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable] + list(argv))
 def kill(pid):
     import signal
     try:
@@ -176,17 +191,20 @@ def kill(pid):
 op = sys.argv[1]
 args = sys.argv[2:]
 fn = {"probe": probe, "plan": plan, "commit": commit, "remove": remove,
-      "free": free, "kill": kill}[op]
+      "free": free, "kill": kill, "run": run}[op]
 print("EDGEC-OPS " + json.dumps(fn(*args)))
 """
 
 
-def device_op(transport: Transport, python: str, op: str, *args: str,
-              timeout: float = 60.0) -> dict[str, Any]:
+def device_op(
+    transport: Transport, python: str, op: str, *args: str, timeout: float = 60.0
+) -> dict[str, Any]:
     """Run one DEVICE_OPS operation with the device's Python and return its JSON answer."""
     res = transport.run([python, "-c", DEVICE_OPS, op, *args], timeout=timeout)
     if res.timed_out:
-        raise DeviceError(f"{transport.label}: the device helper {op!r} timed out after {timeout:g} s")
+        raise DeviceError(
+            f"{transport.label}: the device helper {op!r} timed out after {timeout:g} s"
+        )
     if res.exit_code == NOT_FOUND:
         raise DeviceError(
             f"{transport.label}: python {python!r} not found on the device; install Python 3 "
@@ -229,28 +247,45 @@ class Plan:
     states: list[dict[str, Any]]
 
 
-def plan(transport: Transport, python: str, uploads: list[Upload], *,
-         timeout: float = 60.0) -> Plan:
+def plan(
+    transport: Transport, python: str, uploads: list[Upload], *, timeout: float = 60.0
+) -> Plan:
     """One round trip: probe the device, make the folders, report what is already there."""
     pairs = [[posixpath.dirname(u.remote) or ".", u.remote] for u in uploads]
     answer = device_op(transport, python, "plan", json.dumps(pairs), timeout=timeout)
     return Plan(probe=answer["probe"], states=answer["files"])
 
 
-def publish(transport: Transport, python: str, uploads: list[Upload], state: Plan, *,
-            progress: ProgressSink | None = None, timeout: float = 60.0) -> list[Published]:
-    """Upload what differs under temporary names, then verify and rename all in one step.
+@dataclass(frozen=True, kw_only=True)
+class Staged:
+    """Files uploaded under temporary names, waiting for ``commit`` (verify and rename)."""
+
+    published: list[Published]  # every upload, as it will be once committed
+    commits: list[list[str]]  # [tmp, final, sha256] for the ones actually sent
+
+    def checks(self) -> list[list[str]]:
+        return [[p.remote, p.sha256] for p in self.published]
+
+
+def stage(
+    transport: Transport,
+    python: str,
+    uploads: list[Upload],
+    state: Plan,
+    *,
+    progress: ProgressSink | None = None,
+) -> Staged:
+    """Upload what differs from the device's copy under temporary names.
 
     Idempotent: a path that already holds the same sha256 is not sent again.
     """
-    out: list[Published | None] = []
-    pending: list[tuple[int, Upload, str]] = []
-    for i, (up, st) in enumerate(zip(uploads, state.states, strict=True)):
+    out: list[Published] = []
+    commits: list[list[str]] = []
+    for up, st in zip(uploads, state.states, strict=True):
         size = up.local.stat().st_size
         if st.get("sha256") == up.sha256:
             out.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=False))
             continue
-        out.append(None)
         folder = posixpath.dirname(up.remote) or "."
         # A small margin: file system blocks and the directory entry need a little more.
         if int(st["free_bytes"]) < size + 64 * 1024:
@@ -259,25 +294,68 @@ def publish(transport: Transport, python: str, uploads: list[Upload], state: Pla
                 f"{up.local.name} needs {size} bytes, {st['free_bytes']} free (ENOSPC); "
                 "free some space"
             )
-        tmp = posixpath.join(folder, f".upload-{secrets.token_hex(6)}-{posixpath.basename(up.remote)}")
+        name = f".upload-{secrets.token_hex(6)}-{posixpath.basename(up.remote)}"
+        tmp = posixpath.join(folder, name)
         _upload_one(transport, python, up, tmp, progress)
-        pending.append((i, up, tmp))
-    if pending:
-        triples = [[tmp, up.remote, up.sha256] for _, up, tmp in pending]
-        answers = device_op(transport, python, "commit", json.dumps(triples), timeout=timeout)
-        for (i, up, _tmp), done in zip(pending, answers, strict=True):
+        commits.append([tmp, up.remote, up.sha256])
+        out.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=True))
+    return Staged(published=out, commits=commits)
+
+
+def commit_failure(transport: Transport, answer: dict[str, Any]) -> DeviceError:
+    return DeviceError(
+        f"{transport.label}: an upload failed verification on the device: "
+        f"{answer.get('reason')}; nothing was deployed, run again"
+    )
+
+
+def publish(
+    transport: Transport,
+    python: str,
+    uploads: list[Upload],
+    state: Plan,
+    *,
+    progress: ProgressSink | None = None,
+    timeout: float = 60.0,
+) -> list[Published]:
+    """Stage, then verify every sha256 on the device and rename into place (one round trip)."""
+    staged = stage(transport, python, uploads, state, progress=progress)
+    if staged.commits:
+        answers = device_op(
+            transport, python, "commit", json.dumps(staged.commits), timeout=timeout
+        )
+        for done in answers:
             if not done.get("ok"):
-                raise DeviceError(
-                    f"{transport.label}: upload of {up.local.name} to {up.remote!r} failed "
-                    f"verification: {done.get('reason')}; nothing was deployed, run again"
-                )
-            out[i] = Published(remote=up.remote, sha256=up.sha256,
-                               bytes=up.local.stat().st_size, uploaded=True)
-    return [p for p in out if p is not None]
+                raise commit_failure(transport, done)
+    return staged.published
 
 
-def _upload_one(transport: Transport, python: str, up: Upload, tmp: str,
-                progress: ProgressSink | None) -> None:
+def run_verified_argv(
+    python: str, argv: list[str], *, checks: list[list[str]], commits: list[list[str]] | None = None
+) -> list[str]:
+    """A command that commits staged files, checks that ``checks`` ([path, sha256]) hold
+    those bytes, then replaces itself with ``python argv...``; otherwise it prints an
+    ``EDGEC-OPS {"ready": false, ...}`` line. One round trip for deploy-and-run."""
+    return [python, "-c", DEVICE_OPS, "run", json.dumps(commits or []), json.dumps(checks), *argv]
+
+
+def not_ready(stdout: bytes) -> dict[str, Any] | None:
+    """The helper's answer when ``run_verified_argv`` did not start the program.
+
+    When files were missing it carries ``plan``: the same answer as ``plan``
+    (probe and file states) for the checked paths, in the same round trip."""
+    text = stdout.decode(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("EDGEC-OPS "):
+            answer = json.loads(line[len("EDGEC-OPS ") :])
+            if isinstance(answer, dict) and answer.get("ready") is False:
+                return answer
+    return None
+
+
+def _upload_one(
+    transport: Transport, python: str, up: Upload, tmp: str, progress: ProgressSink | None
+) -> None:
     try:
         transport.upload(up.local, tmp, progress=progress)
     except DeviceError as exc:
@@ -297,8 +375,15 @@ def _upload_one(transport: Transport, python: str, up: Upload, tmp: str,
         raise
 
 
-def put_verified(transport: Transport, python: str, local: Path, remote: str, *,
-                 sha256: str | None = None, progress: ProgressSink | None = None) -> Published:
+def put_verified(
+    transport: Transport,
+    python: str,
+    local: Path,
+    remote: str,
+    *,
+    sha256: str | None = None,
+    progress: ProgressSink | None = None,
+) -> Published:
     """Publish one file: plan, temporary upload, sha256 check on the device, rename."""
     up = Upload.of(local, remote, sha256)
     return publish(transport, python, [up], plan(transport, python, [up]), progress=progress)[0]

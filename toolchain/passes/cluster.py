@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     check_exclude,

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
 from edgec.errors import InputError, RecipeError, UnsupportedModelError
 
 # Layers whose ``kernel`` the weight passes (prune, cluster) rewrite.
@@ -193,6 +194,7 @@ def fine_tune(
 ) -> dict[str, float]:
     """Train ``model`` in place on ``ctx.data`` with sparse cross-entropy; return the last logs."""
     import keras
+
     from edgec.progress import keras_progress
 
     data = ctx.data

@@ -116,6 +116,7 @@ def distill(
 ) -> tuple[Any, dict[str, float]]:
     """Train ``student`` against ``teacher``; return it with the teacher's output semantics."""
     import keras
+
     from edgec.progress import keras_progress
 
     data = ctx.data
@@ -126,8 +127,10 @@ def distill(
     distiller = keras.distillation.Distiller(
         teacher=teacher_logits,
         student=student_logits,
+        # A KLDivergence *instance*: Keras 3.15 turns the default string "kl_divergence" into
+        # a plain function, which LogitsDistillation then applies to raw logits (no softmax).
         distillation_losses=keras.distillation.LogitsDistillation(
-            temperature=float(params.temperature)
+            temperature=float(params.temperature), loss=keras.losses.KLDivergence()
         ),
         student_loss_weight=1.0 - float(params.alpha),
     )

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import numpy as np
+
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     check_exclude,
