@@ -409,13 +409,33 @@ def test_full_disk_on_device(env, models, tmp_path):
     client, server, _ = env
     mount = tmp_path / "tiny fs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], check=True)
     try:
         devs = devices_toml(tmp_path / "d.toml", {"dev": device_entry(server, client, mount)})
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * 4_000_000)  # leaves less than the 4 MB model needs
         code, _, err = cli("bench", str(models["big"]), "--device", "dev", "--devices", str(devs))
         assert code == 6 and "not enough space" in err and "ENOSPC" in err
+        filler.unlink()
+
+        # Each file fits alone, both together do not: the disk fills up mid-transfer.
+        inputs = tmp_path / "inputs.npy"
+        inputs.write_bytes(b"\0" * 4_000_000)
+        code, _, err = cli(
+            "bench",
+            str(models["big"]),
+            "--device",
+            "dev",
+            "--devices",
+            str(devs),
+            "--inputs",
+            str(inputs),
+        )
+        assert code == 6 and "disk filled up" in err and "ENOSPC" in err, err
+        assert err.strip().splitlines()[-1].startswith("edgec: error: device dev (")
+        assert err.count("edgec: error") == 1
         assert not (models["big"].parent / "results").exists()
-        assert not list(mount.rglob("*.tflite"))
+        assert not [p for p in mount.rglob("*") if p.is_file()]  # no partial or temp file
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 

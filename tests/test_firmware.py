@@ -140,10 +140,11 @@ def _compile(folder, extra: list[str]) -> None:
 def test_firmware_compiles_links_and_holds_the_model(int8_model, tmp_path):
     assert shutil.which("g++"), "CI installs a C++ compiler"
     report = fit_report(int8_model, load_profile("cortex-m4"), trusted=True)
-    files = write_firmware(int8_model, tmp_path, arena_bytes=report.arena_recommended)
     fw = tmp_path / "firmware"
+    files = write_firmware(fw, int8_model, report)
     assert sorted(p.name for p in files) == ["model_data.cc", "model_data.h", "op_resolver.h"]
     assert not [p for p in fw.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in files)
     source = (fw / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_model[] = {" in source
     assert f"const unsigned int g_model_len = {len(int8_model)};" in source
@@ -156,6 +157,7 @@ def test_firmware_compiles_links_and_holds_the_model(int8_model, tmp_path):
         assert f"resolver.{call}()" in resolver
     header = (fw / "model_data.h").read_text()
     assert f"constexpr unsigned int kTensorArenaSize = {report.arena_recommended};" in header
+    assert "10% margin" in header
 
     (fw / "main.cc").write_text(_MAIN)
     # the model source alone, as C++ (syntax and sizeof)
@@ -206,5 +208,5 @@ def test_op_without_tflm_registration_is_refused(tmp_path):
 
 def test_bad_arena_size_and_nothing_half_written(int8_model, tmp_path):
     with pytest.raises(ConversionError, match="multiple of 16"):
-        write_firmware(int8_model, tmp_path, arena_bytes=1000)
+        write_firmware(tmp_path / "firmware", int8_model, arena_bytes=1000)
     assert not (tmp_path / "firmware").exists()

@@ -126,6 +126,10 @@ def test_flash_and_ram_budgets(report, int8_model):
     assert d["flash"]["runtime_code_source"].startswith("estimate")
     text = report.format_text()
     assert "estimate" in text and "kTensorArenaSize" in text and "10% margin" in text
+    assert f"kTensorArenaSize {report.arena_recommended:,}" in report.summary_line()
+    bc = {c["name"]: c for c in report.budget_checks()}
+    assert bc["flash_bytes"]["estimate"] and not bc["ram_bytes"]["estimate"]
+    assert bc["ram_bytes"]["value"] == report.ram_bytes and "detail" not in bc["ram_bytes"]
 
 
 def test_too_little_ram_is_refused_with_numbers(int8_model, digits, tmp_path, report):
@@ -142,6 +146,8 @@ def test_too_little_ram_is_refused_with_numbers(int8_model, digits, tmp_path, re
     assert "largest activations" in msg and "\n" not in msg
     # the largest activation is named
     assert r.largest_activations[0][0].split("/")[0] in msg
+    ram = next(c for c in r.budget_checks() if c["name"] == "ram_bytes")
+    assert not ram["ok"] and ram["limit"] == 2048 and ram["detail"] == msg
 
 
 def test_profile_runtime_code_override(int8_model, digits, tmp_path):

@@ -51,6 +51,7 @@ class BudgetCheck:
     value: float
     ok: bool
     estimate: bool = False
+    detail: str = ""  # for a failed check: the numbers and the biggest contributors
 
 
 @dataclass(kw_only=True)
@@ -257,8 +258,13 @@ def _build_target(
     files: dict[str, bytes] = {}
     artifacts: list[dict[str, Any]] = []
     schemes = (profile.quantization, *profile.variants)
+    choice = None
     for i, quantization in enumerate(schemes):
-        content = convert(source, convert_options(profile, quantization), calibration)
+        if i == 0 and profile.is_micro:
+            choice = _micro_choice(source, profile, data, calibration, base, log)
+            content = choice.content
+        else:
+            content = convert(source, convert_options(profile, quantization), calibration)
         name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
         ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
         files[name] = content
@@ -276,8 +282,8 @@ def _build_target(
     checks = _budget_checks(profile, artifacts[0], req)
     micro: dict[str, Any] | None = None
     finish = None
-    if profile.is_micro:
-        micro, micro_checks, finish = _micro(profile, files["model.tflite"], data, log)
+    if choice is not None:
+        micro, micro_checks, finish = _micro(profile, choice, log)
         checks += micro_checks
     ok = all(c.ok for c in checks)
     manifest = {
@@ -305,7 +311,8 @@ def _build_target(
         manifest["micro"] = micro
     failed = [c for c in checks if not c.ok]
     message = "; ".join(
-        f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}"
+        c.detail
+        or f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}"
         + (" (estimate)" if c.estimate else "")
         for c in failed
     )
@@ -333,13 +340,34 @@ def _fmt(name: str, value: float) -> str:
     return f"{value:g}"
 
 
-def _micro(
-    profile: Profile, content: bytes, data: Dataset, log: Log
-) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
+def _micro_choice(
+    source: Any, profile: Profile, data: Dataset, calibration: Any, base: Evaluation, log: Log
+) -> Any:
+    """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
     from edgec import micro
 
-    report = micro.fit_report(content, profile, inputs=data.x_val[:64])
+    rows = min(len(data.x_val), 64)
+    candidates = micro.micro_candidates(source, profile, calibration)
+    choice = micro.choose_smallest(
+        candidates, profile, data.x_val[:rows], reference_outputs=base.outputs[:rows]
+    )
+    if len(candidates) > 1:
+        log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")
+    return choice
+
+
+def _micro(
+    profile: Profile, choice: Any, log: Log
+) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
+    report = choice.report
     log(f"[{profile.name}] TFLM: {report.summary_line()}")
+    if not report.agreement.ok:
+        from edgec.errors import ConversionError
+
+        raise ConversionError(
+            f"{profile.name}: TFLM's outputs disagree with LiteRT's on the same artifact "
+            f"({report.agreement.to_dict()}); the artifact would not behave as measured"
+        )
     checks = [
         BudgetCheck(
             name=c["name"],
@@ -347,16 +375,17 @@ def _micro(
             value=c["value"],
             ok=c["ok"],
             estimate=c.get("estimate", False),
+            detail=c.get("detail", ""),
         )
         for c in report.budget_checks()
     ]
 
     def finish(tmp: Path) -> None:
-        from edgec.firmware import write_firmware
+        from edgec.firmware import FIRMWARE_DIR, write_firmware
 
-        write_firmware(tmp / "firmware", content, report)
+        write_firmware(tmp / FIRMWARE_DIR, choice.content, report)
 
-    return report.to_dict(), checks, finish
+    return {**report.to_dict(), "choice": choice.to_dict()}, checks, finish
 
 
 def _with_reports(finish: Callable[[Path], None] | None) -> Callable[[Path], None]:

@@ -186,7 +186,7 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--target", "-t", help="Also report the fit for this (microcontroller) profile.")
+@click.option("--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets.")
 @_JSON
 def inspect(model: Path, target: str | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
@@ -198,6 +198,8 @@ def inspect(model: Path, target: str | None, as_json: bool) -> None:
         emit_json(report.to_dict())
     else:
         click.echo(report.format_text())
+    if report.fit is not None:
+        report.fit.raise_for_failures()  # after the report, so the numbers are on screen
 
 
 @main.command("eval")

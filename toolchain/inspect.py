@@ -84,7 +84,7 @@ def inspect_tflite(path: Path, target: str | None = None) -> InspectReport:
             )
         from edgec import micro
 
-        fit = micro.fit_report(content, profile, inputs=None)
+        fit = micro.fit_report(content, profile, inputs=None, where=str(path))
     return InspectReport(path=path, info=info, fit=fit)
 
 

@@ -111,7 +111,8 @@ _ALLOC_RE = re.compile(
 )
 _TOTAL_RE = re.compile(r"Arena allocation (?P<part>total|head|tail) (?P<n>\d+) bytes")
 _MISSING_OP_RE = re.compile(r"Didn't find op for builtin opcode '(?P<op>[^']+)'")
-_MISSING_CUSTOM_RE = re.compile(r"Didn't find op for custom opcode '(?P<op>[^']+)'")
+# TFLM's message for an unregistered custom op is only the generic one below.
+_MISSING_CUSTOM_RE = re.compile(r"Failed to get registration from op code (?P<op>\S+)")
 _DTYPE_BYTES = {
     "float32": 4,
     "int32": 4,
@@ -381,6 +382,8 @@ def _tflm_failure(stderr: str, code: int, where: str, info: ModelInfo) -> Conver
     missing = _MISSING_OP_RE.findall(stderr) + _MISSING_CUSTOM_RE.findall(stderr)
     if missing:
         op = missing[0]
+        if op == "CUSTOM" or not any(o.name == op for o in info.ops):
+            op = next((o.name for o in info.ops if o.custom), op)
         sources = [info.tensors[o.outputs[0]].name for o in info.ops if o.name == op and o.outputs]
         src = sources[0].split(";")[0] if sources else "?"
         return ConversionError(
@@ -577,6 +580,52 @@ class MicroReport:
                     f"largest activations: {top or 'none'}; reduce input size or early layer width"
                 )
         return out
+
+    @property
+    def arena_note(self) -> str:
+        """Where ``kTensorArenaSize`` comes from, for the firmware header."""
+        return (
+            f"= {self.arena_required:,} bytes TFLM needed for this model (measured on the host) "
+            f"x (1 + {self.arena_margin:.0%} margin), rounded up to 16"
+        )
+
+    def summary_line(self) -> str:
+        """One line for the build log."""
+        limits = {c.name: c.limit for c in self.checks}
+
+        def of(name: str) -> str:
+            return "" if limits.get(name) is None else f" / {limits[name]:,}"
+
+        line = (
+            f"arena {self.arena_required:,} B (kTensorArenaSize {self.arena_recommended:,}, "
+            f"+{self.arena_margin:.0%}), RAM {self.ram_bytes:,}{of('ram_bytes')} B, flash "
+            f"{self.flash_bytes:,}{of('flash_bytes')} B"
+            f"{' (estimate)' if self.runtime_code_estimated else ''}"
+        )
+        if self.agreement is not None:
+            a = self.agreement
+            t1 = "n/a" if a.top1_agreement is None else f"{a.top1_agreement:.0%}"
+            line += (
+                f", TFLM vs LiteRT top-1 {t1}, max diff {a.max_diff_steps} steps"
+                f"{'' if a.ok else ' (DISAGREE)'}"
+            )
+        return line
+
+    def budget_checks(self) -> list[dict[str, Any]]:
+        """The flash and RAM checks for the manifest's ``budgets.checks``; a failed one
+        carries ``detail``: the numbers and the biggest contributors, one line."""
+        details = {
+            c.name: line
+            for c, line in zip([c for c in self.checks if not c.ok], self.failures(), strict=True)
+        }
+        return [
+            {
+                **c.to_dict(),
+                "estimate": c.name == "flash_bytes" and self.runtime_code_estimated,
+                **({"detail": details[c.name]} if c.name in details else {}),
+            }
+            for c in self.checks
+        ]
 
     def raise_for_failures(self) -> None:
         """Raise ``ConversionError`` if TFLM disagrees with LiteRT, ``BudgetError`` on a miss."""

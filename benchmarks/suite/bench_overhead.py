@@ -200,8 +200,16 @@ def main() -> None:
                 "ratio_cold": statistics.median(ssh_cold) / local_med,
                 "overhead_seconds_warm": overhead,
                 "overhead_seconds_cold": overhead_cold,
-                "target": "overhead <= 2 s (cold, upload included)",
-                "ok": overhead_cold <= 2.0,
+                "target": "overhead <= 2 s",
+                "ok_warm": overhead <= 2.0,
+                "ok_cold": overhead_cold <= 2.0,
+                "ok": overhead <= 2.0 and overhead_cold <= 2.0,
+                # SSH commands per bench: warm 1 (verify + run); cold 3 (the same
+                # command answering "not deployed" with a plan, the SFTP
+                # subsystem, commit + run). Each starts the device user's login
+                # shell, whose cost is measured below as ssh_command_seconds.
+                "ssh_commands_warm": 1,
+                "ssh_commands_cold": 3,
             }
             print(
                 f"ssh: overhead warm {overhead:.2f} s, cold {overhead_cold:.2f} s", file=sys.stderr
@@ -260,6 +268,10 @@ def main() -> None:
         "ssh_vs_local": ssh,
         "fleet_4_vs_1": fleet,
         "ssh_command_seconds": per_cmd,
+        "ssh_overhead_without_login_shell_seconds": {
+            "warm": ssh["overhead_seconds_warm"] - statistics.median(per_cmd),
+            "cold": ssh["overhead_seconds_cold"] - 3 * statistics.median(per_cmd),
+        },
         "ok": all(f["ok"] for f in fid) and ssh["ok"] and fleet["ok"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

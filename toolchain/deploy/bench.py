@@ -47,16 +47,17 @@ from edgec.deploy.transport import (
     NOT_FOUND,
     Plan,
     Published,
+    Transfer,
     Transport,
     Upload,
-    commit_failure,
     device_op,
     not_ready,
     plan,
     publish,
     run_verified_argv,
     sha256_file,
-    stage,
+    transfer_failure,
+    transfer_for,
 )
 from edgec.errors import BudgetError, DeviceError, EdgecError, InputError, UsageError
 
@@ -644,12 +645,12 @@ def run_harness(
     args: list[str],
     options: BenchOptions,
     *,
-    checks: list[list[str]],
-    commits: list[list[str]] | None = None,
+    transfer: Transfer,
     log: Log = _quiet,
     announce: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Commit staged files, check the deployed bytes and run the harness, in one command.
+    """Send ``transfer``'s files, verify the deployed bytes and run the harness: one command.
 
     Returns the harness's JSON document. Raises _NotReady when the files are not
     deployed (or the interpreter or runtime is missing), DeviceError on a crash,
@@ -670,8 +671,14 @@ def run_harness(
         if line.startswith("edgec-harness:"):
             log(text)
 
-    argv = run_verified_argv(python, args, checks=checks, commits=commits)
-    res = transport.run(argv, timeout=options.timeout + HOST_GRACE_SECS, on_stderr_line=on_line)
+    argv = run_verified_argv(python, args, transfer)
+    res = transport.run(
+        argv,
+        timeout=options.timeout + HOST_GRACE_SECS,
+        on_stderr_line=on_line,
+        stdin=transfer.files,
+        progress=progress,
+    )
     where = f"device {device.name} ({transport.label})"
     if res.timed_out:
         if pid:
@@ -684,7 +691,7 @@ def run_harness(
     answer = not_ready(res.stdout) if not pid else None
     if answer is not None:
         if answer.get("commit"):
-            raise commit_failure(transport, answer)
+            raise transfer_failure(transport, answer)
         got = answer.get("plan")
         state = Plan(probe=got["probe"], states=got["files"]) if isinstance(got, dict) else None
         raise _NotReady(answer.get("reason", "not deployed"), state)
@@ -738,8 +745,9 @@ def bench_one(
     """The whole flow on one device; failures become the Outcome's error, never a result.
 
     Fast path, one command: when the model and harness are already deployed (same
-    sha256), verify and run at once. Otherwise: probe and plan (one command),
-    upload what differs, then commit and run (one command).
+    sha256), verify and run at once; when not, that same command answers with the
+    device's plan (probe and file states). Then one more command receives what
+    differs on stdin, verifies and renames it, and runs the harness.
     """
     start = time.monotonic()
     try:
@@ -749,7 +757,6 @@ def bench_one(
         runtime = "tflm" if micro else "auto"
         uploads = planned_uploads(device, artifact, options.inputs)
         args = harness_args(uploads, options, threads, runtime)
-        checks = [[u.remote, u.sha256] for u in uploads]
         transport = connect(device, options.connect)
         try:
             if getattr(transport, "recorded_host_key", None):
@@ -766,20 +773,12 @@ def bench_one(
                     python,
                     args,
                     options,
-                    checks=checks,
+                    transfer=(fast := Transfer.verify_only(uploads)),
                     log=log,
                     announce=f"already on device (same sha256), not re-uploaded: "
                     f"{uploads[0].remote}; {running}",
                 )
-                pubs = [
-                    Published(
-                        remote=u.remote,
-                        sha256=u.sha256,
-                        bytes=u.local.stat().st_size,
-                        uploaded=False,
-                    )
-                    for u in uploads
-                ]
+                pubs = fast.published
             except _NotReady as first:
                 if first.state is not None:  # the device already answered the plan
                     facts = _facts(python, first.state, need_micro=micro)
@@ -794,9 +793,10 @@ def bench_one(
                 require_ready(facts, device, transport.label)
                 assert facts.plan is not None
                 python = facts.python
-                staged = stage(transport, python, uploads, facts.plan, progress=progress)
-                pubs = staged.published
-                _say_deployed(log, pubs[0])
+                transfer = transfer_for(transport, uploads, facts.plan)
+                pubs = transfer.published
+                if transfer.files:
+                    log(f"uploading {', '.join(f.name for f in transfer.files)}")
                 try:
                     doc = run_harness(
                         transport,
@@ -804,10 +804,11 @@ def bench_one(
                         python,
                         args,
                         options,
-                        checks=checks,
-                        commits=staged.commits,
+                        transfer=transfer,
                         log=log,
-                        announce=running,
+                        announce=f"{'uploaded' if pubs[0].uploaded else 'already on device'}: "
+                        f"{pubs[0].remote}; {running}",
+                        progress=progress,
                     )
                 except _NotReady as exc:
                     raise DeviceError(
@@ -818,6 +819,12 @@ def bench_one(
         finally:
             transport.close()
     except EdgecError as exc:
+        msg = str(exc)
+        named = f"device {device.name} " in msg or f"device {device.name}:" in msg
+        if not named and not msg.startswith(device.name):  # say which device, once
+            m = re.match(r"(\S+@\S+:\d+|local): (.*)", msg)
+            msg = f"({m[1]}): {m[2]}" if m else f": {msg}"
+            exc = type(exc)(f"device {device.name} {msg}".replace(" :", ":"))
         return Outcome(device=device, error=exc)
     result = {
         **doc,

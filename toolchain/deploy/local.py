@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgec.deploy.transport import NOT_FOUND, LineSink, ProgressSink, RunResult
@@ -60,14 +61,20 @@ class LocalTransport:
             raise DeviceError(f"local: cannot copy {remote} to {local}: {exc}") from exc
 
     def run(
-        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        on_stderr_line: LineSink | None = None,
+        stdin: Sequence[Path] = (),
+        progress: ProgressSink | None = None,
     ) -> RunResult:
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=self.home,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -88,6 +95,9 @@ class LocalTransport:
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
+        if stdin:
+            # In a thread, so that the timeout below also bounds a child that stops reading.
+            threading.Thread(target=_feed, args=(proc, stdin, progress), daemon=True).start()
         timed_out = False
         assert proc.stdout is not None
         out_chunks: list[bytes] = []
@@ -118,3 +128,22 @@ class LocalTransport:
 
     def close(self) -> None:
         pass
+
+
+def _feed(
+    proc: subprocess.Popen[bytes], files: Sequence[Path], progress: ProgressSink | None
+) -> None:
+    assert proc.stdin is not None
+    total = sum(f.stat().st_size for f in files)
+    sent = 0
+    try:
+        for path in files:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 16), b""):
+                    proc.stdin.write(chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, total)
+        proc.stdin.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass  # the child ended early; its exit status and answer say why

@@ -23,6 +23,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,13 @@ class SSHTransport:
             raise DeviceError(f"{self.label}: cannot download {remote!r}: {exc}") from exc
 
     def run(
-        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        on_stderr_line: LineSink | None = None,
+        stdin: Sequence[Path] = (),
+        progress: ProgressSink | None = None,
     ) -> RunResult:
         start = time.monotonic()
         command = quote_command(argv)
@@ -280,7 +287,11 @@ class SSHTransport:
             chan.exec_command(command)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._dropped(f"starting {argv[0]}", exc) from exc
+        if stdin:
+            self._send(chan, stdin, timeout, progress)
         out = bytearray()
+        # The timeout bounds the command, not the upload that fed it.
+        start_run = time.monotonic()
         err_lines: list[str] = []
         pending = b""
         timed_out = False
@@ -298,7 +309,7 @@ class SSHTransport:
                 if on_stderr_line is not None:
                     on_stderr_line(line)
 
-        deadline = start + timeout
+        deadline = start_run + timeout
         while True:
             if chan.recv_ready():
                 out += chan.recv(65536)
@@ -334,6 +345,36 @@ class SSHTransport:
             # leaves as status -1: the name of the signal is not known here.
             signal="unknown" if code == -1 and not timed_out else None,
         )
+
+    def _send(
+        self,
+        chan: paramiko.Channel,
+        files: Sequence[Path],
+        timeout: float,
+        progress: ProgressSink | None,
+    ) -> None:
+        """Stream ``files`` into the command's stdin, then close it."""
+        total = sum(f.stat().st_size for f in files)
+        sent = 0
+        chan.settimeout(timeout)  # a device that stops reading must not hang us
+        for path in files:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 16), b""):
+                    try:
+                        chan.sendall(chunk)
+                    except (OSError, EOFError, paramiko.SSHException) as exc:
+                        if not self._alive():
+                            raise DeviceError(
+                                f"{self.label}: connection dropped while uploading {path.name} "
+                                f"({sent} of {total} bytes sent); nothing was deployed, run again"
+                            ) from exc
+                        # The command ended early (it failed): its answer says why.
+                        return
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, total)
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            chan.shutdown_write()
 
     def close(self) -> None:
         if self._sftp is not None:

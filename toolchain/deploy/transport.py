@@ -15,10 +15,13 @@ The device-side operations (probe, plan, verify-and-rename, kill) are one
 small Python program, ``DEVICE_OPS``, run with the device's own Python, so
 they work wherever the harness can run: no ``sha256sum`` or GNU tools needed.
 
-Publishing files is: ``plan`` (one round trip: probe the device, make the
-folders, hash what is already there), upload what differs under temporary
-names, then ``commit`` (verify every sha256 on the device and rename into
-place, one more round trip). ``put_verified`` does it for one file.
+Publishing files is: ``plan`` (one command: probe the device, make the
+folders, hash what is already there), then one command that receives what
+differs on its stdin under temporary names, verifies every sha256, renames the
+files into place and, for a benchmark, replaces itself with the harness
+(``run_verified_argv``). So a benchmark of a deployed model is one command, and
+of a new one two: each SSH command starts the device user's login shell, which
+can cost half a second, and the SFTP subsystem would start one more.
 A dropped connection leaves at most a ``.upload-*`` temporary, which the next
 deploy removes; never a file at the final name with the wrong bytes.
 """
@@ -30,7 +33,7 @@ import json
 import posixpath
 import secrets
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -67,9 +70,19 @@ class Transport(Protocol):
         """Copy ``remote`` to ``local``. Raises DeviceError."""
 
     def run(
-        self, argv: list[str], *, timeout: float, on_stderr_line: LineSink | None = None
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        on_stderr_line: LineSink | None = None,
+        stdin: Sequence[Path] = (),
+        progress: ProgressSink | None = None,
     ) -> RunResult:
-        """Run ``argv`` on the device; a timeout kills it and sets ``timed_out``."""
+        """Run ``argv`` on the device, feeding it the ``stdin`` files in order.
+
+        A timeout kills the command and sets ``timed_out``; a connection lost
+        while sending raises DeviceError.
+        """
 
     def close(self) -> None: ...
 
@@ -158,16 +171,42 @@ def commit(triples):
             pass
         out.append({"ok": True})
     return out
-def remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-    return {"ok": True}
-def free(folder):
-    st = os.statvfs(folder)
-    return {"free_bytes": st.f_bavail * st.f_frsize}
-def run(commits, checks, *argv):
+def receive(spec):
+    # files arrive back to back on stdin: [[tmp, size], ...]; all or none are kept
+    src = sys.stdin.buffer
+    done = []
+    def drop():
+        for p in done:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+    for tmp, size in json.loads(spec):
+        done.append(tmp)
+        left = size
+        try:
+            with open(tmp, "wb") as out:
+                while left:
+                    b = src.read(min(left, 1 << 20))
+                    if not b:
+                        break
+                    out.write(b)
+                    left -= len(b)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as e:
+            drop()
+            return {"ready": False, "reason": "%s: %s" % (tmp, e.strerror or e),
+                    "enospc": e.errno == 28, "commit": True}
+        if left:
+            drop()
+            return {"ready": False, "reason": "the upload of %s was cut short" % tmp,
+                    "commit": True}
+    return None
+def run(spec, commits, checks, *argv):
+    failed = receive(spec)
+    if failed:
+        return failed
     for done in commit(commits):
         if not done["ok"]:
             return {"ready": False, "reason": done["reason"], "commit": True}
@@ -178,6 +217,8 @@ def run(commits, checks, *argv):
             pairs = [[os.path.dirname(f) or ".", f] for f, _ in checks]
             return {"ready": False, "reason": "not deployed: " + final,
                     "plan": plan(json.dumps(pairs))}
+    if not argv:
+        return {"ready": True}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable] + list(argv))
@@ -190,8 +231,7 @@ def kill(pid):
         return {"killed": False, "reason": str(e)}
 op = sys.argv[1]
 args = sys.argv[2:]
-fn = {"probe": probe, "plan": plan, "commit": commit, "remove": remove,
-      "free": free, "kill": kill, "run": run}[op]
+fn = {"probe": probe, "plan": plan, "commit": commit, "kill": kill, "run": run}[op]
 print("EDGEC-OPS " + json.dumps(fn(*args)))
 """
 
@@ -257,34 +297,42 @@ def plan(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Staged:
-    """Files uploaded under temporary names, waiting for ``commit`` (verify and rename)."""
+class Transfer:
+    """What one publishing command sends: the files that differ, and what it checks."""
 
-    published: list[Published]  # every upload, as it will be once committed
-    commits: list[list[str]]  # [tmp, final, sha256] for the ones actually sent
+    published: list[Published]  # every upload, as it is once the command succeeds
+    files: list[Path]  # streamed on stdin, in this order
+    receive: list[list[Any]]  # [tmp, size] per streamed file
+    commits: list[list[str]]  # [tmp, final, sha256] per streamed file
+    checks: list[list[str]]  # [final, sha256] for every upload
 
-    def checks(self) -> list[list[str]]:
-        return [[p.remote, p.sha256] for p in self.published]
+    @classmethod
+    def verify_only(cls, uploads: list[Upload]) -> Transfer:
+        """The fast path: send nothing, only check that every upload is in place."""
+        pubs = [
+            Published(
+                remote=u.remote, sha256=u.sha256, bytes=u.local.stat().st_size, uploaded=False
+            )
+            for u in uploads
+        ]
+        checks = [[u.remote, u.sha256] for u in uploads]
+        return cls(published=pubs, files=[], receive=[], commits=[], checks=checks)
 
 
-def stage(
-    transport: Transport,
-    python: str,
-    uploads: list[Upload],
-    state: Plan,
-    *,
-    progress: ProgressSink | None = None,
-) -> Staged:
-    """Upload what differs from the device's copy under temporary names.
+def transfer_for(transport: Transport, uploads: list[Upload], state: Plan) -> Transfer:
+    """The files that differ from the device's copies (same sha256: not sent again).
 
-    Idempotent: a path that already holds the same sha256 is not sent again.
+    Raises DeviceError, before sending anything, when the device lacks the space.
     """
-    out: list[Published] = []
+    pubs: list[Published] = []
+    files: list[Path] = []
+    receive: list[list[Any]] = []
     commits: list[list[str]] = []
     for up, st in zip(uploads, state.states, strict=True):
         size = up.local.stat().st_size
-        if st.get("sha256") == up.sha256:
-            out.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=False))
+        same = st.get("sha256") == up.sha256
+        pubs.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=not same))
+        if same:
             continue
         folder = posixpath.dirname(up.remote) or "."
         # A small margin: file system blocks and the directory entry need a little more.
@@ -296,16 +344,53 @@ def stage(
             )
         name = f".upload-{secrets.token_hex(6)}-{posixpath.basename(up.remote)}"
         tmp = posixpath.join(folder, name)
-        _upload_one(transport, python, up, tmp, progress)
+        files.append(up.local)
+        receive.append([tmp, size])
         commits.append([tmp, up.remote, up.sha256])
-        out.append(Published(remote=up.remote, sha256=up.sha256, bytes=size, uploaded=True))
-    return Staged(published=out, commits=commits)
+    checks = [[u.remote, u.sha256] for u in uploads]
+    return Transfer(published=pubs, files=files, receive=receive, commits=commits, checks=checks)
 
 
-def commit_failure(transport: Transport, answer: dict[str, Any]) -> DeviceError:
+def run_verified_argv(python: str, argv: list[str], transfer: Transfer) -> list[str]:
+    """One command that receives ``transfer``'s files on stdin, verifies and renames
+    them, checks that every upload is in place, then replaces itself with ``python
+    argv...`` (or answers ``{"ready": true}`` when ``argv`` is empty). When anything
+    is missing it prints ``EDGEC-OPS {"ready": false, ...}`` instead."""
+    return [
+        python,
+        "-c",
+        DEVICE_OPS,
+        "run",
+        json.dumps(transfer.receive),
+        json.dumps(transfer.commits),
+        json.dumps(transfer.checks),
+        *argv,
+    ]
+
+
+def not_ready(stdout: bytes) -> dict[str, Any] | None:
+    """The helper's answer when ``run_verified_argv`` did not start the program.
+
+    When files were missing it carries ``plan``: the same answer as ``plan``
+    (probe and file states) for the checked paths, in the same round trip."""
+    for line in stdout.decode(errors="replace").splitlines():
+        if line.startswith("EDGEC-OPS "):
+            answer = json.loads(line[len("EDGEC-OPS ") :])
+            if isinstance(answer, dict) and answer.get("ready") is False:
+                return answer
+    return None
+
+
+def transfer_failure(transport: Transport, answer: dict[str, Any]) -> DeviceError:
+    """The one-line error for a transfer the device refused or could not store."""
+    if answer.get("enospc"):
+        return DeviceError(
+            f"{transport.label}: the device disk filled up while receiving the upload "
+            f"({answer.get('reason')}; ENOSPC); nothing was deployed"
+        )
     return DeviceError(
-        f"{transport.label}: an upload failed verification on the device: "
-        f"{answer.get('reason')}; nothing was deployed, run again"
+        f"{transport.label}: the upload failed on the device: {answer.get('reason')}; "
+        "nothing was deployed, run again"
     )
 
 
@@ -316,63 +401,30 @@ def publish(
     state: Plan,
     *,
     progress: ProgressSink | None = None,
-    timeout: float = 60.0,
+    timeout: float = 600.0,
 ) -> list[Published]:
-    """Stage, then verify every sha256 on the device and rename into place (one round trip)."""
-    staged = stage(transport, python, uploads, state, progress=progress)
-    if staged.commits:
-        answers = device_op(
-            transport, python, "commit", json.dumps(staged.commits), timeout=timeout
+    """Send what differs, verify and rename on the device: one command (none if all there)."""
+    transfer = transfer_for(transport, uploads, state)
+    if not transfer.files:
+        return transfer.published
+    res = transport.run(
+        run_verified_argv(python, [], transfer),
+        timeout=timeout,
+        stdin=transfer.files,
+        progress=progress,
+    )
+    if res.timed_out:
+        raise DeviceError(f"{transport.label}: the upload did not finish within {timeout:g} s")
+    answer = not_ready(res.stdout)
+    if answer is not None:
+        raise transfer_failure(transport, answer)
+    if res.exit_code != 0 or b'"ready": true' not in res.stdout:
+        last = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        reason = last[-1] if last else f"exit code {res.exit_code}"
+        raise DeviceError(
+            f"{transport.label}: the upload failed on the device: {reason}; nothing was deployed"
         )
-        for done in answers:
-            if not done.get("ok"):
-                raise commit_failure(transport, done)
-    return staged.published
-
-
-def run_verified_argv(
-    python: str, argv: list[str], *, checks: list[list[str]], commits: list[list[str]] | None = None
-) -> list[str]:
-    """A command that commits staged files, checks that ``checks`` ([path, sha256]) hold
-    those bytes, then replaces itself with ``python argv...``; otherwise it prints an
-    ``EDGEC-OPS {"ready": false, ...}`` line. One round trip for deploy-and-run."""
-    return [python, "-c", DEVICE_OPS, "run", json.dumps(commits or []), json.dumps(checks), *argv]
-
-
-def not_ready(stdout: bytes) -> dict[str, Any] | None:
-    """The helper's answer when ``run_verified_argv`` did not start the program.
-
-    When files were missing it carries ``plan``: the same answer as ``plan``
-    (probe and file states) for the checked paths, in the same round trip."""
-    text = stdout.decode(errors="replace")
-    for line in text.splitlines():
-        if line.startswith("EDGEC-OPS "):
-            answer = json.loads(line[len("EDGEC-OPS ") :])
-            if isinstance(answer, dict) and answer.get("ready") is False:
-                return answer
-    return None
-
-
-def _upload_one(
-    transport: Transport, python: str, up: Upload, tmp: str, progress: ProgressSink | None
-) -> None:
-    try:
-        transport.upload(up.local, tmp, progress=progress)
-    except DeviceError as exc:
-        # The session may still be alive (a full disk mid-write): clean up and
-        # explain; if it is gone, the next deploy removes the temporary.
-        folder = posixpath.dirname(tmp) or "."
-        try:
-            space = device_op(transport, python, "free", folder, timeout=15)
-            device_op(transport, python, "remove", tmp, timeout=15)
-        except DeviceError:
-            raise exc from None
-        if int(space["free_bytes"]) < 64 * 1024:
-            raise DeviceError(
-                f"{transport.label}: the device disk filled up while uploading {up.local.name} "
-                f"to {folder!r} (ENOSPC, {space['free_bytes']} bytes free); nothing was deployed"
-            ) from exc
-        raise
+    return transfer.published
 
 
 def put_verified(
@@ -384,6 +436,6 @@ def put_verified(
     sha256: str | None = None,
     progress: ProgressSink | None = None,
 ) -> Published:
-    """Publish one file: plan, temporary upload, sha256 check on the device, rename."""
+    """Publish one file: plan, then send, verify and rename in one more command."""
     up = Upload.of(local, remote, sha256)
     return publish(transport, python, [up], plan(transport, python, [up]), progress=progress)[0]

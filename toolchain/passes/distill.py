@@ -52,6 +52,9 @@ class DistillParams:
     width: float = 0.5
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft (teacher) loss; hard labels get 1 - alpha
+    # Beta(mixup, mixup) blends of training input pairs, fresh every batch, as the transfer
+    # set: the teacher labels each blend, which hard labels cannot (0 = plain inputs).
+    mixup: float = 0.0
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -64,6 +67,8 @@ class DistillParams:
             raise RecipeError(f"distill: temperature = {self.temperature}; must be > 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise RecipeError(f"distill: alpha = {self.alpha}; valid: 0 <= alpha <= 1")
+        if self.mixup < 0:
+            raise RecipeError(f"distill: mixup = {self.mixup}; valid: 0 (off) or > 0")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise RecipeError("distill: need epochs >= 1, batch_size >= 1 and learning_rate > 0")
 
@@ -134,23 +139,64 @@ def distill(
         ),
         student_loss_weight=1.0 - float(params.alpha),
     )
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = distiller.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=params.batch_size,
-        epochs=epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[keras_progress("distill: training the student", epochs)],
-    )
+    callbacks = [keras_progress("distill: training the student", epochs)]
+    if params.mixup > 0:
+        classes = int(teacher.outputs[0].shape[-1])
+        distiller.compile(
+            optimizer=keras.optimizers.Adam(params.learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+            metrics=["categorical_accuracy"],
+        )
+        batches = _mixup_batches(data.x_train, data.y_train, classes, params, int(ctx.seed))
+        history = distiller.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
+    else:
+        distiller.compile(
+            optimizer=keras.optimizers.Adam(params.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        history = distiller.fit(
+            data.x_train,
+            data.y_train,
+            batch_size=params.batch_size,
+            epochs=epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
     trained = restore_softmax(distiller.student, like=teacher)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     return trained, logs
+
+
+def _mixup_batches(x: Any, y: Any, classes: int, params: DistillParams, seed: int) -> Any:
+    """Batches of input blends with their blended one-hot labels, drawn afresh each epoch."""
+    import keras
+    import numpy as np
+
+    class MixupBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.onehot = np.eye(classes, dtype=np.float32)[y]
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return max(1, -(-len(x) // params.batch_size))
+
+        def __getitem__(self, i: int) -> tuple[Any, Any]:
+            idx = self.order[i * params.batch_size : (i + 1) * params.batch_size]
+            other = self.rng.permutation(len(x))[: len(idx)]
+            lam = self.rng.beta(params.mixup, params.mixup, size=len(idx)).astype(np.float32)
+            lx = lam.reshape(-1, *([1] * (x.ndim - 1)))
+            blend = lx * x[idx] + (1.0 - lx) * x[other]
+            labels = lam[:, None] * self.onehot[idx] + (1.0 - lam[:, None]) * self.onehot[other]
+            return blend.astype(np.float32), labels
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return MixupBatches()
 
 
 class DistillPass(Pass):
@@ -184,7 +230,7 @@ class DistillPass(Pass):
             "teacher_params": count_params(model),
             "student_params": count_params(trained),
             "epochs": epochs,
-            "train_accuracy": round(logs.get("accuracy", float("nan")), 4),
+            "train_accuracy": round(logs.get("accuracy", logs.get("categorical_accuracy", 0.0)), 4),
         }
         data = ctx.data
         if data.y_val is not None:
