@@ -398,10 +398,13 @@ def test_connection_killed_mid_upload_then_clean_retry(env, models, tmp_path):
     transport = connect(device, ConnectOptions())
     try:
         dep = deploy_to(transport, device, artifact)
-        transport.download(dep.model.remote, tmp_path / "back.tflite")  # the third verb
+        # The protocol's plain file verbs (SFTP here), with a path that needs quoting.
+        transport.download(dep.model.remote, tmp_path / "back.tflite")
+        transport.upload(tmp_path / "back.tflite", str(work / "plain copy;.tflite"))
     finally:
         transport.close()
     assert dep.model.uploaded and sha(final) == digest == sha(tmp_path / "back.tflite")
+    assert sha(work / "plain copy;.tflite") == digest
     no_injection(work)
 
 

@@ -270,7 +270,9 @@ def test_distill_user_student_from_file(residual, digits, tmp_path) -> None:
     )
     path = tmp_path / "student.keras"
     student.save(path)
-    result = DistillPass(DistillParams(student=str(path), epochs=2, mixup=0.4)).run(residual, _ctx(digits))
+    result = DistillPass(DistillParams(student=str(path), epochs=2, mixup=0.4)).run(
+        residual, _ctx(digits)
+    )
     # The teacher outputs logits, so the returned student does too.
     assert result.model.layers[-1].activation.__name__ == "linear"
     assert count_params(result.model) == count_params(student)

@@ -335,3 +335,33 @@ def test_require_signed_for_deploy(
     sign_dir(art, keys["mallory"])
     with pytest.raises(VerifyError, match=r"not in"):
         require_signed(art)
+
+
+def test_deploy_refuses_tampered_or_unsigned_artifacts(
+    build: Path, keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+    from edgec.signing import ENV_ALLOWED_SIGNERS, sign_dir
+
+    monkeypatch.delenv(ENV_ALLOWED_SIGNERS, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the local device's work dir lives under HOME
+    target = tmp_path / "rpi4"
+    shutil.copytree(build / "rpi4", target)
+    signers = ["--allowed-signers", str(keys["allowed"])]
+
+    def deploy(*extra: str):
+        return CliRunner().invoke(main, ["deploy", str(target), "--device", "local", *extra])
+
+    unsigned = deploy(*signers)
+    assert unsigned.exit_code == int(ExitCode.VERIFY) and "unsigned" in unsigned.stderr
+    sign_dir(target, keys["release"])
+    ok = deploy(*signers)
+    assert ok.exit_code == 0, ok.stderr
+    model = target / "model.tflite"
+    model.write_bytes(_flip(model.read_bytes()))
+    tampered = deploy(*signers)
+    assert tampered.exit_code == int(ExitCode.VERIFY) and "model.tflite" in tampered.stderr

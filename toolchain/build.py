@@ -160,17 +160,35 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Compression:
+    """What the middle of the pipeline hands the back end for one target."""
+
+    source: Any  # what convert() takes: the compressed Keras model, or the input as loaded
+    recipe: list[dict[str, Any]]
+    passes: list[dict[str, Any]]
+    search: dict[str, Any] | None = None
+    search_met: bool = True
+
+
 def _compress(
-    req: BuildRequest, profile: Profile, model: LoadedModel, data: Dataset, log: Log
-) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run the target's recipe; return (convert source, recipe as data, pass records)."""
-    if req.recipe is None and not req.overrides and not profile.passes:
-        return model.convert_source, [], []
+    req: BuildRequest,
+    profile: Profile,
+    model: LoadedModel,
+    data: Dataset,
+    base: Evaluation,
+    calibration: Any,
+    log: Log,
+) -> Compression:
+    """Run the target's recipe, then the accuracy-aware search when asked."""
+    search = req.search or req.max_accuracy_drop is not None
+    if req.recipe is None and not req.overrides and not profile.passes and not search:
+        return Compression(source=model.convert_source, recipe=[], passes=[])
     from edgec.recipe import resolve_recipe
 
     recipe = resolve_recipe(profile, req.recipe, req.overrides)
-    if not recipe.steps:
-        return model.convert_source, [], []
+    if not recipe.steps and not search:
+        return Compression(source=model.convert_source, recipe=[], passes=[])
     if model.keras is None:
         raise UnsupportedModelError(
             f"model {model.path}: compression passes need a Keras 3 model, but it was loaded as "
@@ -187,7 +205,76 @@ def _compress(
         data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
-    return compressed, recipe.to_list(), [r.to_dict() for r in records]
+    done = Compression(
+        source=compressed, recipe=recipe.to_list(), passes=[r.to_dict() for r in records]
+    )
+    if not search:
+        return done
+    return _search(req, profile, done, ctx, data, base, calibration, log)
+
+
+def _search(
+    req: BuildRequest,
+    profile: Profile,
+    done: Compression,
+    ctx: Any,
+    data: Dataset,
+    base: Evaluation,
+    calibration: Any,
+    log: Log,
+) -> Compression:
+    from edgec.evaluate import gzip_size
+    from edgec.search import Measurement, search
+
+    if not data.labeled or base.metrics.get("accuracy") is None:
+        raise InputError("the accuracy-aware search needs labeled data: give --data")
+    bound = req.max_accuracy_drop
+    if bound is None:
+        bound = (
+            profile.budgets.max_accuracy_drop
+            if profile.budgets.max_accuracy_drop is not None
+            else 0.01
+        )
+    options = convert_options(profile, profile.quantization)
+
+    def measure(candidate: Any, label: str) -> Measurement:
+        content = convert(candidate, options, calibration)
+        m = evaluate(content, data, threads=profile.threads).metrics
+        log(
+            f"[{profile.name}] search {label}: {len(content):,} bytes, accuracy {_pct(m['accuracy'])}"
+        )
+        return Measurement(
+            bytes=len(content),
+            gzip_bytes=gzip_size(content),
+            accuracy=m["accuracy"],
+            host_latency_ms=m.get("host_latency_ms"),
+        )
+
+    limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
+    result = search(
+        done.source,
+        ctx,
+        evaluate=measure,
+        max_accuracy_drop=bound,
+        fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
+        reference_accuracy=base.metrics["accuracy"],
+    )
+    chosen = result.chosen
+    log(
+        f"[{profile.name}] search chose {chosen.label!r}"
+        + (
+            ""
+            if result.met
+            else f": NO candidate met the accuracy bound {bound} and the budgets; kept the best found"
+        )
+    )
+    return Compression(
+        source=result.model,
+        recipe=done.recipe + [s.resolved() for s in chosen.steps],
+        passes=done.passes + list(chosen.records),
+        search=result.to_dict(),
+        search_met=result.met,
+    )
 
 
 def convert_options(profile: Profile, quantization: Quantization, **extra: Any) -> ConvertOptions:
@@ -254,7 +341,8 @@ def _build_target(
 ) -> TargetResult:
     log(f"[{profile.name}] {profile.description}")
     calibration = data.calibration(req.calibration_size, req.seed)
-    source, recipe, passes = _compress(req, profile, model, data, log)
+    compression = _compress(req, profile, model, data, base, calibration, log)
+    source = compression.source
     files: dict[str, bytes] = {}
     artifacts: list[dict[str, Any]] = []
     schemes = (profile.quantization, *profile.variants)
@@ -285,20 +373,35 @@ def _build_target(
     if choice is not None:
         micro, micro_checks, finish = _micro(profile, choice, log)
         checks += micro_checks
+    if compression.search is not None:
+        checks.append(
+            BudgetCheck(
+                name="search",
+                limit=compression.search["max_accuracy_drop"],
+                value=artifacts[0]["metrics"].get("accuracy_drop", 0.0),
+                ok=compression.search_met,
+                detail=""
+                if compression.search_met
+                else "no search candidate met the accuracy bound and the budgets "
+                f"(kept the best: {compression.search['chosen']})",
+            )
+        )
     ok = all(c.ok for c in checks)
+    # The search keeps its best artifact even when nothing met the bound (and says so).
+    keep = req.keep_failed or all(c.name == "search" for c in checks if not c.ok)
     manifest = {
         "edgec_version": __version__,
         "model": model.describe(),
         "data": data.describe(),
         "target": profile.to_dict(),
-        "recipe": recipe,
-        "passes": passes,
+        "recipe": compression.recipe,
+        "passes": compression.passes,
         "baseline": {**size_facts(float_content), **base.metrics},
         "artifacts": artifacts,
         "budgets": {
             "checks": [dataclasses.asdict(c) for c in checks],
             "ok": ok,
-            "kept_despite_failure": not ok and req.keep_failed,
+            "kept_despite_failure": not ok and keep,
         },
         "calibration": {
             "size": len(calibration),
@@ -309,6 +412,8 @@ def _build_target(
     }
     if micro is not None:
         manifest["micro"] = micro
+    if compression.search is not None:
+        manifest["search"] = compression.search
     failed = [c for c in checks if not c.ok]
     message = "; ".join(
         c.detail
@@ -317,7 +422,7 @@ def _build_target(
         for c in failed
     )
     directory = req.out / model.name / profile.name
-    if failed and not req.keep_failed:
+    if failed and not keep:
         log(
             f"[{profile.name}] FAILED budgets: {message}; no artifact written (--keep-failed keeps it)"
         )

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from edgec import __version__
-from edgec.errors import EdgecError, ExitCode
+from edgec.errors import EdgecError
 
 
 class _Group(click.Group):
@@ -247,8 +247,10 @@ _DEVICE_HELP = "'local', a name from the devices file, or [user@]host[:port] (~/
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", "-D", default="local", show_default=True, help=_DEVICE_HELP)
 @_device_options
+@click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).")
 def deploy(artifact: Path, device: str, devices_file: Path | None, accept_new_host_key: bool,
-           connect_timeout: float) -> None:
+           connect_timeout: float, allowed_signers: Path | None) -> None:
     """Publish an artifact (folder or .tflite) and the harness on a device over SSH.
 
     Uploads under a temporary name, verifies the sha256 on the device and renames
@@ -257,7 +259,8 @@ def deploy(artifact: Path, device: str, devices_file: Path | None, accept_new_ho
     from edgec.deploy.bench import deploy as deploy_artifact
 
     dep = deploy_artifact(artifact, device, devices_file=devices_file, log=_log,
-                          options=_connect_options(accept_new_host_key, connect_timeout))
+                          options=_connect_options(accept_new_host_key, connect_timeout),
+                          allowed_signers=allowed_signers)
     click.echo(f"{dep.device.name}: {dep.model.remote} (sha256 {dep.model.sha256[:12]}, "
                f"{'uploaded' if dep.model.uploaded else 'already deployed'})")
 
@@ -286,11 +289,14 @@ def deploy(artifact: Path, device: str, devices_file: Path | None, accept_new_ho
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
               help="Devices benchmarked at once (--group).")
 @_device_options
+@click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).")
 @_JSON
 def bench(artifact: Path, device: str | None, group: str | None, runs: int, warmup: int,
           threads: int | None, timeout: float, min_secs: float, max_secs: float, seed: int,
           inputs: Path | None, target: str | None, jobs: int, devices_file: Path | None,
-          accept_new_host_key: bool, connect_timeout: float, as_json: bool) -> None:
+          accept_new_host_key: bool, connect_timeout: float, allowed_signers: Path | None,
+          as_json: bool) -> None:
     """Run the on-device harness: latency and memory back into ARTIFACT/results/.
 
     Deploys if needed, streams progress, stores results/bench-<device>.json, updates
@@ -306,7 +312,8 @@ def bench(artifact: Path, device: str | None, group: str | None, runs: int, warm
         connect=_connect_options(accept_new_host_key, connect_timeout),
     )
     outcomes = run_bench(artifact, device=device, group=group, devices_file=devices_file,
-                         options=options, log=_log, out=_log if as_json else click.echo)
+                         options=options, allowed_signers=allowed_signers, log=_log,
+                         out=_log if as_json else click.echo)
     if as_json:
         emit_json([o.result for o in outcomes])
 

@@ -25,12 +25,12 @@ import dataclasses
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgec.errors import RecipeError
 from edgec.passes import get_pass, pass_ids
+from edgec.passes.common import plain_params
 
 if TYPE_CHECKING:
     from edgec.pipeline import Pass
@@ -63,8 +63,7 @@ class Step:
 
     def resolved(self) -> dict[str, Any]:
         """``{"id", "params"}`` with every parameter, defaults included, as JSON values."""
-        params = dataclasses.asdict(self.make_params())
-        return {"id": self.id, "params": {k: _plain(v) for k, v in params.items()}}
+        return {"id": self.id, "params": plain_params(self.make_params())}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,14 +98,6 @@ class Recipe:
                 steps[i] = Step(id=override.id, params={**steps[i].params, **override.params})
         source = f"{self.source} + --pass" if self.source else "--pass"
         return dataclasses.replace(self, steps=tuple(steps), source=source)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def steps_from_tables(tables: Any, where: str) -> tuple[Step, ...]:

@@ -264,16 +264,14 @@ def search(
         if last is not None:
             strongest.append(last)
     if ladder.combine and len(strongest) >= 2:
-        combos = [tuple(strongest)]
-        if len(strongest) > 2:
-            combos += [tuple(r for r in strongest if r is not skip) for skip in strongest]
-        for combo in combos:
-            if len(tried) >= max_candidates:
-                break
-            steps = tuple(s for r in combo for s in r.steps)
-            c = attempt(" + ".join(r.label for r in combo), steps)
-            if accurate(c):
-                break  # the fullest passing combination; weaker ones are larger
+        full = attempt(" + ".join(r.label for r in strongest), _steps(strongest))
+        if not accurate(full) and len(strongest) > 2:
+            # All of them together lose too much: try each family left out in turn.
+            for skip in strongest:
+                if len(tried) >= max_candidates:
+                    break
+                rest = [r for r in strongest if r is not skip]
+                attempt(" + ".join(r.label for r in rest), _steps(rest))
     met = best_ok is not None
     pick = best_ok or fallback
     assert pick is not None  # the plain candidate was measured, or raised
@@ -293,6 +291,10 @@ def search(
         max_accuracy_drop=max_accuracy_drop,
         candidates=slim,
     )
+
+
+def _steps(rungs: list[Rung]) -> tuple[Step, ...]:
+    return tuple(s for r in rungs for s in r.steps)
 
 
 class _NoChange(Exception):

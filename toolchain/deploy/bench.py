@@ -60,6 +60,7 @@ from edgec.deploy.transport import (
     transfer_for,
 )
 from edgec.errors import BudgetError, DeviceError, EdgecError, InputError, UsageError
+from edgec.signing import require_signed
 
 Log = Callable[[str], None]
 BENCH_SCHEMA = "edgec.bench/1"
@@ -325,9 +326,7 @@ def setup_device(
         work = _workdir(device)
         venv = posixpath.join(work, "venv")
         venv_py = _venv_python(device)
-        plan(
-            transport, base, [Upload(local=Path(), remote=posixpath.join(work, "venv"), sha256="")]
-        )
+        _make_folder(transport, base, work)
         log(f"creating {venv} with {base}")
         argv = [
             base,
@@ -360,15 +359,9 @@ def setup_device(
                 Upload.of(w, posixpath.join(remote_wheels, w.name))
                 for w in sorted(Path(wheels).glob("*.whl"))
             ]
-            state = plan(
-                transport,
-                venv_py,
-                [
-                    *ups,
-                    Upload(local=Path(), remote=posixpath.join(remote_wheels, ".keep"), sha256=""),
-                ],
-            )
-            for pub in publish(transport, venv_py, ups, replace(state, states=state.states[:-1])):
+            _make_folder(transport, venv_py, remote_wheels)
+            state = plan(transport, venv_py, ups)
+            for pub in publish(transport, venv_py, ups, state):
                 log(f"{'uploaded' if pub.uploaded else 'already on device'}: {pub.remote}")
             pip_args += ["--no-index", "--find-links", remote_wheels]
         log(f"pip install {' '.join(packages)}")
@@ -392,6 +385,13 @@ def setup_device(
         return facts
     finally:
         transport.close()
+
+
+def _make_folder(transport: Transport, python: str, folder: str) -> None:
+    # A plan for a file that is never sent: the helper makes its folder.
+    plan(
+        transport, python, [Upload(local=Path(), remote=posixpath.join(folder, ".keep"), sha256="")]
+    )
 
 
 def _last_line(text: str, code: int) -> str:
@@ -504,9 +504,17 @@ def deploy(
     *,
     devices_file: Path | None = None,
     options: ConnectOptions | None = None,
+    allowed_signers: Path | None = None,
     log: Log = _quiet,
 ) -> Deployment:
-    """``edgec deploy``: publish an artifact (and the harness) on one device."""
+    """``edgec deploy``: publish an artifact (and the harness) on one device.
+
+    When signing is configured (``allowed_signers`` or ``$EDGEC_ALLOWED_SIGNERS``),
+    an unsigned or tampered artifact is refused before anything is sent.
+    """
+    signer = require_signed(artifact_path, allowed_signers)
+    if signer is not None:
+        log(f"signature ok: signed by {signer}")
     artifact = locate_artifact(artifact_path)
     device = resolve_device(spec, devices_file)
     options = options or ConnectOptions()
@@ -926,6 +934,7 @@ def bench(
     group: str | None = None,
     devices_file: Path | None = None,
     options: BenchOptions | None = None,
+    allowed_signers: Path | None = None,
     log: Log = _quiet,
     out: Log = _quiet,
 ) -> list[Outcome]:
@@ -943,6 +952,7 @@ def bench(
         raise UsageError(f"--inputs {options.inputs}: no such .npy/.npz file")
     if device and group:
         raise UsageError("give --device or --group, not both")
+    require_signed(artifact_path, allowed_signers)
     artifact = locate_artifact(artifact_path)
     devices = (
         resolve_group(group, devices_file)

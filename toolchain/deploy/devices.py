@@ -115,9 +115,11 @@ def load_devices(path: Path) -> dict[str, Device]:
             raise UsageError(
                 f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}"
             )
-        if not isinstance(entry.get("host"), str) or not entry["host"]:
+        host = entry.get("host")
+        if not isinstance(host, str) or not host:
+            what = "is required" if host is None else f"= {host!r} must be a non-empty string"
             raise UsageError(
-                f"{where}: key 'host' (a host name, address or ~/.ssh/config alias) is required"
+                f"{where}: key 'host' {what} (a host name, address or ~/.ssh/config alias)"
             )
         for key in ("user", "key", "profile", "python", "workdir"):
             if key in entry and not isinstance(entry[key], str):

@@ -1,10 +1,10 @@
 """The transport protocol (upload, run, download) and the device-side file operations.
 
-Deploy and bench talk to a device only through ``Transport``: ``upload`` a
-local file to a remote path, ``run`` an argument vector with a timeout while
-streaming its stderr lines, ``download`` a remote file. ``SSHTransport``
-(paramiko) and ``LocalTransport`` (a child process on this machine) both
-satisfy it, so the deploy and bench code has one path for both.
+Deploy and bench talk to a device only through ``Transport``: ``run`` an
+argument vector with a timeout, feeding files to its stdin and streaming its
+stderr lines back; ``upload`` and ``download`` copy one file (SFTP over SSH).
+``SSHTransport`` (paramiko) and ``LocalTransport`` (a child process on this
+machine) both satisfy it, so the deploy and bench code has one path for both.
 
 Remote paths are POSIX paths, relative ones being relative to the remote home
 (or to the local device's work folder). Every remote command is an argument

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgec.errors import RecipeError
 from edgec.passes.common import (
+    KerasPass,
     check_exclude,
     check_supported,
     copy_model,
@@ -29,7 +30,7 @@ from edgec.passes.common import (
     scaled_epochs,
     validate_params,
 )
-from edgec.pipeline import Pass, PassContext, PassResult
+from edgec.pipeline import PassContext, PassResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +124,7 @@ def _callback(clustered: list[_Clustered]) -> Any:
     return ClusterCallback()
 
 
-class ClusterPass(Pass):
+class ClusterPass(KerasPass):
     id: ClassVar[str] = "cluster"
     Params: ClassVar[type] = ClusterParams
 

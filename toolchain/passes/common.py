@@ -14,6 +14,32 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import InputError, RecipeError, UnsupportedModelError
+from edgec.pipeline import Pass
+
+
+class KerasPass(Pass):
+    """A compression pass whose recorded parameters are plain JSON values (no enums, tuples)."""
+
+    def param_dict(self) -> dict[str, Any]:
+        return plain_params(self.params)
+
+
+def plain_params(params: Any) -> dict[str, Any]:
+    """A Params dataclass as JSON values: the form recipes, logs and manifests show."""
+    import dataclasses
+
+    return {k: _plain(v) for k, v in dataclasses.asdict(params).items()}
+
+
+def _plain(value: Any) -> Any:
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
 
 # Layers whose ``kernel`` the weight passes (prune, cluster) rewrite.
 KERNEL_LAYERS = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D")

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from edgec.errors import InputError, RecipeError, UnsupportedModelError
 from edgec.passes.common import (
+    KerasPass,
     accuracy,
     check_labels,
     check_supported,
@@ -32,7 +33,7 @@ from edgec.passes.common import (
     strip_softmax,
     validate_params,
 )
-from edgec.pipeline import Pass, PassContext, PassResult, count_params
+from edgec.pipeline import PassContext, PassResult, count_params
 
 # Config keys that set a layer's width, by layer class.
 WIDTH_KEYS = {
@@ -199,7 +200,7 @@ def _mixup_batches(x: Any, y: Any, classes: int, params: DistillParams, seed: in
     return MixupBatches()
 
 
-class DistillPass(Pass):
+class DistillPass(KerasPass):
     id: ClassVar[str] = "distill"
     Params: ClassVar[type] = DistillParams
 

@@ -25,13 +25,14 @@ import numpy as np
 
 from edgec.errors import RecipeError
 from edgec.passes.common import (
+    KerasPass,
     check_exclude,
     check_supported,
     fine_tune,
     scaled_epochs,
     validate_params,
 )
-from edgec.pipeline import Pass, PassContext, PassResult, count_params
+from edgec.pipeline import PassContext, PassResult, count_params
 
 FACTORIZABLE = ("Dense", "Conv2D")
 
@@ -223,7 +224,7 @@ def factorize(model: Any, params: LowRankParams) -> tuple[Any, dict[str, dict[st
     return new, summary
 
 
-class LowRankPass(Pass):
+class LowRankPass(KerasPass):
     id: ClassVar[str] = "lowrank"
     Params: ClassVar[type] = LowRankParams
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from edgec.errors import RecipeError
 from edgec.passes.common import (
+    KerasPass,
     check_exclude,
     check_supported,
     copy_model,
@@ -35,7 +36,7 @@ from edgec.passes.common import (
     steps_per_epoch,
     validate_params,
 )
-from edgec.pipeline import Pass, PassContext, PassResult
+from edgec.pipeline import PassContext, PassResult
 
 
 class Schedule(StrEnum):
@@ -60,7 +61,7 @@ class PruneParams:
     scope: Scope = Scope.LAYER
     exclude: tuple[str, ...] = ()  # layer names or layer class names
     structured_2_4: bool = False  # 2 of every 4 weights along the reduction axis (50%)
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-3
 
@@ -226,7 +227,7 @@ def _callback(masker: _Masker) -> Any:
     return PruneCallback()
 
 
-class PrunePass(Pass):
+class PrunePass(KerasPass):
     id: ClassVar[str] = "prune"
     Params: ClassVar[type] = PruneParams
 
