@@ -188,3 +188,14 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digit
         assert len(lines) == 1 and needle in lines[0], (args, err)
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("model.tflite"))
+
+
+def test_profile_default_recipe_runs_with_data(built):
+    root, result, _ = built
+    manifest = json.loads((root / "phone" / "manifest.json").read_text())
+    assert [p["id"] for p in manifest["passes"]] == ["prune"]
+    assert manifest["recipe"][0]["params"]["final_sparsity"] == 0.6
+    assert manifest["passes"][0]["details"]["sparsity_pruned_layers"] >= 0.59
+    phone = [a for t in result["targets"] if t["target"] == "phone" for a in t["artifacts"]]
+    rpi4 = [a for t in result["targets"] if t["target"] == "rpi4" for a in t["artifacts"]]
+    assert phone[0]["gzip_bytes"] < rpi4[0]["gzip_bytes"] * 0.8  # the zeros compress

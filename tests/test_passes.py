@@ -59,10 +59,11 @@ def cnn(digits: Dataset):
     model = keras.Sequential(
         [
             keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
+            # Named: Keras numbers auto-names per session, so they depend on test order.
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv2d"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(64, activation="relu", name="dense"),
+            keras.layers.Dense(10, activation="softmax", name="dense_1"),
         ]
     )
     return _train(model, digits, 8)

@@ -187,6 +187,13 @@ def _compress(
     from edgec.recipe import resolve_recipe
 
     recipe = resolve_recipe(profile, req.recipe, req.overrides)
+    from_profile = req.recipe is None and not req.overrides
+    if from_profile and recipe.steps and not data.labeled:
+        log(
+            f"note: {profile.name}'s default recipe ({', '.join(s.id for s in recipe.steps)}) "
+            "fine-tunes on labeled data; without --data it is not run"
+        )
+        recipe = resolve_recipe(None)
     if not recipe.steps and not search:
         return Compression(source=model.convert_source, recipe=[], passes=[])
     if model.keras is None:

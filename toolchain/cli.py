@@ -46,8 +46,14 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="edgec")
-@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
-              help="Show full tracebacks instead of one-line errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show full tracebacks instead of one-line errors.",
+)
 def main() -> None:
     """edgec: compile trained models into verified, budgeted TFLite artifacts per target.
 
@@ -113,7 +119,9 @@ def _print_table(result: Any) -> None:
         acc = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
         drop = "" if row["drop"] is None else f"{100 * row['drop']:+.2f}pt"
         status = "ok" if row["ok"] else "FAILED"
-        click.echo(f"{row['target']:<20} {row['file']:<24} {row['bytes']:>12,} {acc:>9} {drop:>8}  {status}")
+        click.echo(
+            f"{row['target']:<20} {row['file']:<24} {row['bytes']:>12,} {acc:>9} {drop:>8}  {status}"
+        )
 
 
 def _finish_build(result: Any, as_json: bool) -> None:
@@ -129,44 +137,95 @@ def _finish_build(result: Any, as_json: bool) -> None:
         raise BudgetError(f"budget check failed for {failed}")
 
 
-_OUT = click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
-                    default=Path("out"), show_default=True, help="Output folder.")
+_OUT = click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Output folder.",
+)
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
 @main.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--target", "-t", "targets", multiple=True,
-              help="Target profile name or .toml path; repeat for several. Default: rpi4.")
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    multiple=True,
+    help="Target profile name or .toml path; repeat for several. Default: rpi4.",
+)
 @click.option("--data", "-d", help="An .npz file, a folder of class subfolders, or 'demo'.")
 @_OUT
-@click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A TOML recipe of compression passes (default: the profile's).")
-@click.option("--pass", "overrides", multiple=True, metavar="ID:KEY=VALUE,...",
-              help="Add or override a pass, e.g. prune:final_sparsity=0.8.")
-@click.option("--search", is_flag=True, help="Search compression strength for the smallest artifact within bounds.")
+@click.option(
+    "--recipe",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML recipe of compression passes (default: the profile's).",
+)
+@click.option(
+    "--pass",
+    "overrides",
+    multiple=True,
+    metavar="ID:KEY=VALUE,...",
+    help="Add or override a pass, e.g. prune:final_sparsity=0.8.",
+)
+@click.option(
+    "--search",
+    is_flag=True,
+    help="Search compression strength for the smallest artifact within bounds.",
+)
 @click.option("--max-accuracy-drop", type=float, help="Accuracy bound (absolute, 0.01 = 1 point).")
-@click.option("--keep-failed", is_flag=True, help="Write the artifact even when a budget fails (exit stays nonzero).")
-@click.option("--calibration-size", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Representative samples drawn from the training data for int8 calibration.")
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    help="Write the artifact even when a budget fails (exit stays nonzero).",
+)
+@click.option(
+    "--calibration-size",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Representative samples drawn from the training data for int8 calibration.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_JSON
-def build(model: Path | None, targets: tuple[str, ...], data: str | None, out: Path,
-          recipe: Path | None, overrides: tuple[str, ...], search: bool,
-          max_accuracy_drop: float | None, keep_failed: bool, calibration_size: int,
-          seed: int, as_json: bool) -> None:
+def build(
+    model: Path | None,
+    targets: tuple[str, ...],
+    data: str | None,
+    out: Path,
+    recipe: Path | None,
+    overrides: tuple[str, ...],
+    search: bool,
+    max_accuracy_drop: float | None,
+    keep_failed: bool,
+    calibration_size: int,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
     from edgec import build as build_mod
 
-    options = {"recipe": recipe, "overrides": overrides, "search": search,
-               "max_accuracy_drop": max_accuracy_drop, "keep_failed": keep_failed,
-               "calibration_size": calibration_size, "seed": seed}
+    options = {
+        "recipe": recipe,
+        "overrides": overrides,
+        "search": search,
+        "max_accuracy_drop": max_accuracy_drop,
+        "keep_failed": keep_failed,
+        "calibration_size": calibration_size,
+        "seed": seed,
+    }
     with _json_errors(as_json):
         if model is None:
-            result = build_mod.demo(out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options)
+            result = build_mod.demo(
+                out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options
+            )
         else:
-            request = build_mod.BuildRequest(model=model, targets=targets or ("rpi4",), data=data,
-                                             out=out, **options)
+            request = build_mod.BuildRequest(
+                model=model, targets=targets or ("rpi4",), data=data, out=out, **options
+            )
             result = build_mod.build(request, log=_log)
     _finish_build(result, as_json)
 
@@ -186,7 +245,9 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets.")
+@click.option(
+    "--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets."
+)
 @_JSON
 def inspect(model: Path, target: str | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
@@ -223,14 +284,26 @@ def eval_(model: Path, data: str, threads: int, as_json: bool) -> None:
 # ---------------------------------------------------------------- deploy, bench, devices
 def _device_options(fn: Any) -> Any:
     """--devices, --accept-new-host-key and --connect-timeout, shared by the device commands."""
-    fn = click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
-                      show_default=True, help="Seconds to wait for the SSH connection.")(fn)
-    fn = click.option("--accept-new-host-key", is_flag=True,
-                      help="Accept and record an UNKNOWN host key in known_hosts "
-                      "(a changed key is always refused).")(fn)
-    fn = click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path),
-                      default=None, help="Devices TOML file (default $EDGEC_DEVICES, then "
-                      "~/.config/edgec/devices.toml).")(fn)
+    fn = click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for the SSH connection.",
+    )(fn)
+    fn = click.option(
+        "--accept-new-host-key",
+        is_flag=True,
+        help="Accept and record an UNKNOWN host key in known_hosts "
+        "(a changed key is always refused).",
+    )(fn)
+    fn = click.option(
+        "--devices",
+        "devices_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Devices TOML file (default $EDGEC_DEVICES, then ~/.config/edgec/devices.toml).",
+    )(fn)
     return fn
 
 
@@ -240,17 +313,29 @@ def _connect_options(accept_new_host_key: bool, connect_timeout: float) -> Any:
     return ConnectOptions(accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
 
 
-_DEVICE_HELP = "'local', a name from the devices file, or [user@]host[:port] (~/.ssh/config aliases work)."
+_DEVICE_HELP = (
+    "'local', a name from the devices file, or [user@]host[:port] (~/.ssh/config aliases work)."
+)
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", "-D", default="local", show_default=True, help=_DEVICE_HELP)
 @_device_options
-@click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).")
-def deploy(artifact: Path, device: str, devices_file: Path | None, accept_new_host_key: bool,
-           connect_timeout: float, allowed_signers: Path | None) -> None:
+@click.option(
+    "--allowed-signers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).",
+)
+def deploy(
+    artifact: Path,
+    device: str,
+    devices_file: Path | None,
+    accept_new_host_key: bool,
+    connect_timeout: float,
+    allowed_signers: Path | None,
+) -> None:
     """Publish an artifact (folder or .tflite) and the harness on a device over SSH.
 
     Uploads under a temporary name, verifies the sha256 on the device and renames
@@ -258,45 +343,110 @@ def deploy(artifact: Path, device: str, devices_file: Path | None, accept_new_ho
     """
     from edgec.deploy.bench import deploy as deploy_artifact
 
-    dep = deploy_artifact(artifact, device, devices_file=devices_file, log=_log,
-                          options=_connect_options(accept_new_host_key, connect_timeout),
-                          allowed_signers=allowed_signers)
-    click.echo(f"{dep.device.name}: {dep.model.remote} (sha256 {dep.model.sha256[:12]}, "
-               f"{'uploaded' if dep.model.uploaded else 'already deployed'})")
+    dep = deploy_artifact(
+        artifact,
+        device,
+        devices_file=devices_file,
+        log=_log,
+        options=_connect_options(accept_new_host_key, connect_timeout),
+        allowed_signers=allowed_signers,
+    )
+    click.echo(
+        f"{dep.device.name}: {dep.model.remote} (sha256 {dep.model.sha256[:12]}, "
+        f"{'uploaded' if dep.model.uploaded else 'already deployed'})"
+    )
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", "-D", default=None, help=_DEVICE_HELP + " [default: local]")
 @click.option("--group", "-g", default=None, help="Every device of this group in the devices file.")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Steady-state runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Warm-up runs (discarded).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Interpreter threads [default: the target profile's].")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
-              help="Seconds before a hung harness is killed.")
-@click.option("--min-secs", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Run at least this long, even past --runs.")
-@click.option("--max-secs", type=click.FloatRange(min=0), default=150.0, show_default=True,
-              help="Stop after this long, even before --runs (0: no limit).")
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Steady-state runs."
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Warm-up runs (discarded).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Interpreter threads [default: the target profile's].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds before a hung harness is killed.",
+)
+@click.option(
+    "--min-secs",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Run at least this long, even past --runs.",
+)
+@click.option(
+    "--max-secs",
+    type=click.FloatRange(min=0),
+    default=150.0,
+    show_default=True,
+    help="Stop after this long, even before --runs (0: no limit).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="A .npy/.npz file of inputs instead of random ones.")
-@click.option("--target", "-t", default=None,
-              help="Profile whose budgets apply [default: the artifact's manifest target].")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Devices benchmarked at once (--group).")
+@click.option(
+    "--inputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A .npy/.npz file of inputs instead of random ones.",
+)
+@click.option(
+    "--target",
+    "-t",
+    default=None,
+    help="Profile whose budgets apply [default: the artifact's manifest target].",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Devices benchmarked at once (--group).",
+)
 @_device_options
-@click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).")
+@click.option(
+    "--allowed-signers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).",
+)
 @_JSON
-def bench(artifact: Path, device: str | None, group: str | None, runs: int, warmup: int,
-          threads: int | None, timeout: float, min_secs: float, max_secs: float, seed: int,
-          inputs: Path | None, target: str | None, jobs: int, devices_file: Path | None,
-          accept_new_host_key: bool, connect_timeout: float, allowed_signers: Path | None,
-          as_json: bool) -> None:
+def bench(
+    artifact: Path,
+    device: str | None,
+    group: str | None,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    timeout: float,
+    min_secs: float,
+    max_secs: float,
+    seed: int,
+    inputs: Path | None,
+    target: str | None,
+    jobs: int,
+    devices_file: Path | None,
+    accept_new_host_key: bool,
+    connect_timeout: float,
+    allowed_signers: Path | None,
+    as_json: bool,
+) -> None:
     """Run the on-device harness: latency and memory back into ARTIFACT/results/.
 
     Deploys if needed, streams progress, stores results/bench-<device>.json, updates
@@ -307,13 +457,28 @@ def bench(artifact: Path, device: str | None, group: str | None, runs: int, warm
     from edgec.deploy.bench import bench as run_bench
 
     options = BenchOptions(
-        runs=runs, warmup=warmup, threads=threads, timeout=timeout, min_secs=min_secs,
-        max_secs=max_secs, seed=seed, inputs=inputs, target=target, jobs=jobs,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        timeout=timeout,
+        min_secs=min_secs,
+        max_secs=max_secs,
+        seed=seed,
+        inputs=inputs,
+        target=target,
+        jobs=jobs,
         connect=_connect_options(accept_new_host_key, connect_timeout),
     )
-    outcomes = run_bench(artifact, device=device, group=group, devices_file=devices_file,
-                         options=options, allowed_signers=allowed_signers, log=_log,
-                         out=_log if as_json else click.echo)
+    outcomes = run_bench(
+        artifact,
+        device=device,
+        group=group,
+        devices_file=devices_file,
+        options=options,
+        allowed_signers=allowed_signers,
+        log=_log,
+        out=_log if as_json else click.echo,
+    )
     if as_json:
         emit_json([o.result for o in outcomes])
 
@@ -328,53 +493,95 @@ def device() -> None:
 @click.option("--micro", is_flag=True, help="Require the TFLM runtime (tflite-micro) instead.")
 @_device_options
 @_JSON
-def device_check(name: str, micro: bool, devices_file: Path | None, accept_new_host_key: bool,
-                 connect_timeout: float, as_json: bool) -> None:
+def device_check(
+    name: str,
+    micro: bool,
+    devices_file: Path | None,
+    accept_new_host_key: bool,
+    connect_timeout: float,
+    as_json: bool,
+) -> None:
     """Say which Python, numpy and runtimes NAME has; exit 6 when one is missing."""
     from edgec.deploy.bench import check_device
 
-    facts = check_device(name, devices_file=devices_file, need_micro=micro,
-                         options=_connect_options(accept_new_host_key, connect_timeout))
+    facts = check_device(
+        name,
+        devices_file=devices_file,
+        need_micro=micro,
+        options=_connect_options(accept_new_host_key, connect_timeout),
+    )
     if as_json:
         emit_json({"python": facts.python, **facts.probe})
         return
     p = facts.probe
     rts = ", ".join(f"{k} {v}" for k, v in (p.get("runtimes") or {}).items() if v)
-    click.echo(f"{name}: ok: {facts.python} (Python {p.get('python')}, {p.get('machine')}, "
-               f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {rts}")
+    click.echo(
+        f"{name}: ok: {facts.python} (Python {p.get('python')}, {p.get('machine')}, "
+        f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {rts}"
+    )
 
 
 @device.command("setup")
 @click.argument("name")
-@click.option("--wheels", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Install from these local .whl files only (offline devices).")
-@click.option("--package", "packages", multiple=True,
-              help="Packages to install [default: numpy ai-edge-litert]; repeat the option.")
-@click.option("--system-site-packages", is_flag=True,
-              help="Let the venv see the device's system packages.")
-@click.option("--python", "python", default=None,
-              help="The device's interpreter that creates the venv [default: python3].")
+@click.option(
+    "--wheels",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Install from these local .whl files only (offline devices).",
+)
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    help="Packages to install [default: numpy ai-edge-litert]; repeat the option.",
+)
+@click.option(
+    "--system-site-packages", is_flag=True, help="Let the venv see the device's system packages."
+)
+@click.option(
+    "--python",
+    "python",
+    default=None,
+    help="The device's interpreter that creates the venv [default: python3].",
+)
 @_device_options
-def device_setup(name: str, wheels: Path | None, packages: tuple[str, ...],
-                 system_site_packages: bool, python: str | None, devices_file: Path | None,
-                 accept_new_host_key: bool, connect_timeout: float) -> None:
+def device_setup(
+    name: str,
+    wheels: Path | None,
+    packages: tuple[str, ...],
+    system_site_packages: bool,
+    python: str | None,
+    devices_file: Path | None,
+    accept_new_host_key: bool,
+    connect_timeout: float,
+) -> None:
     """Create <workdir>/venv on NAME and pip-install numpy and ai-edge-litert into it.
 
     `edgec bench` then uses that venv's python automatically.
     """
     from edgec.deploy.bench import SETUP_PACKAGES, setup_device
 
-    facts = setup_device(name, devices_file=devices_file, wheels=wheels,
-                         packages=packages or SETUP_PACKAGES,
-                         system_site_packages=system_site_packages, python=python, log=_log,
-                         options=_connect_options(accept_new_host_key, connect_timeout))
+    facts = setup_device(
+        name,
+        devices_file=devices_file,
+        wheels=wheels,
+        packages=packages or SETUP_PACKAGES,
+        system_site_packages=system_site_packages,
+        python=python,
+        log=_log,
+        options=_connect_options(accept_new_host_key, connect_timeout),
+    )
     click.echo(f"{name}: ready: {facts.python}")
 
 
 @main.command("devices")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Devices TOML file (default $EDGEC_DEVICES, then "
-              "~/.config/edgec/devices.toml).")
+@click.option(
+    "--devices",
+    "devices_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Devices TOML file (default $EDGEC_DEVICES, then ~/.config/edgec/devices.toml).",
+)
 def devices_(devices_file: Path | None) -> None:
     """List the devices file: name, address, profile and groups."""
     from edgec.deploy.devices import list_devices
@@ -403,23 +610,44 @@ class _json_errors:
         return False
 
 
-_SIGNERS_HELP = ("OpenSSH allowed_signers file of trusted release keys; when given (or set in "
-                 "$EDGEC_ALLOWED_SIGNERS) a valid signature is required.")
+_SIGNERS_HELP = (
+    "OpenSSH allowed_signers file of trusted release keys; when given (or set in "
+    "$EDGEC_ALLOWED_SIGNERS) a valid signature is required."
+)
 
 
 @main.command()
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--version", "version_", metavar="V",
-              help="Release version [default: model.version in the manifest, else 0.0.0+<sha>].")
+@click.option(
+    "--version",
+    "version_",
+    metavar="V",
+    help="Release version [default: model.version in the manifest, else 0.0.0+<sha>].",
+)
 @click.option("--name", metavar="N", help="Bundle name [default: the model's name].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
-              show_default=True, help="Where the bundle and SHA256SUMS go.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Where the bundle and SHA256SUMS go.",
+)
 @click.option("--allow-failed", is_flag=True, help="Package targets whose budget checks failed.")
-@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="Sign SHA256SUMS with this OpenSSH private key (ssh-keygen -Y sign).")
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sign SHA256SUMS with this OpenSSH private key (ssh-keygen -Y sign).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def release(build_dir: Path, version_: str | None, name: str | None, out: Path,
-            allow_failed: bool, sign_key: Path | None, as_json: bool) -> None:
+def release(
+    build_dir: Path,
+    version_: str | None,
+    name: str | None,
+    out: Path,
+    allow_failed: bool,
+    sign_key: Path | None,
+    as_json: bool,
+) -> None:
     """Bundle a build (OUT/<model>: every target) as dist/<name>-<version>.tar.gz.
 
     The bundle holds the artifacts, manifests, bench results, reports, a model
@@ -429,24 +657,33 @@ def release(build_dir: Path, version_: str | None, name: str | None, out: Path,
     from edgec.release import release as make_release
 
     with _json_errors(as_json):
-        result = make_release(build_dir, version=version_, name=name, out=out,
-                              allow_failed=allow_failed, sign_key=sign_key)
+        result = make_release(
+            build_dir,
+            version=version_,
+            name=name,
+            out=out,
+            allow_failed=allow_failed,
+            sign_key=sign_key,
+        )
     if as_json:
         emit_json({"ok": True, **result.to_dict()})
         return
-    click.echo(f"{result.bundle}: {len(result.targets)} target(s) ({', '.join(result.targets)}), "
-               f"{result.files} files, {result.bytes:,} bytes"
-               + (", signed" if result.signed else ""))
+    click.echo(
+        f"{result.bundle}: {len(result.targets)} target(s) ({', '.join(result.targets)}), "
+        f"{result.files} files, {result.bytes:,} bytes" + (", signed" if result.signed else "")
+    )
     click.echo(f"sha256 {result.sha256}  (also in {result.sums})")
     if result.failed_budgets:
-        click.echo(f"warning: released with failed budgets: {', '.join(result.failed_budgets)}",
-                   err=True)
+        click.echo(
+            f"warning: released with failed budgets: {', '.join(result.failed_budgets)}", err=True
+        )
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--allowed-signers", type=click.Path(dir_okay=False, path_type=Path),
-              help=_SIGNERS_HELP)
+@click.option(
+    "--allowed-signers", type=click.Path(dir_okay=False, path_type=Path), help=_SIGNERS_HELP
+)
 @click.option("--no-load", is_flag=True, help="Skip loading each model in the runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(bundle: Path, allowed_signers: Path | None, no_load: bool, as_json: bool) -> None:
@@ -474,8 +711,12 @@ def verify(bundle: Path, allowed_signers: Path | None, no_load: bool, as_json: b
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="OpenSSH private key (ssh-keygen -t ed25519 -f KEY).")
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="OpenSSH private key (ssh-keygen -t ed25519 -f KEY).",
+)
 def sign(directory: Path, key: Path) -> None:
     """Sign an artifact folder in place (SHA256SUMS + SHA256SUMS.sig) for signed deploys."""
     from edgec.signing import sign_dir

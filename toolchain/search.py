@@ -128,7 +128,7 @@ class SearchResult:
             "chosen_passes": [s.resolved() for s in self.chosen.steps],
             "reference_accuracy": round(self.reference_accuracy, 6),
             "max_accuracy_drop": self.max_accuracy_drop,
-            "table": self.table,
+            "candidates": self.table,  # the report charts these against the chosen one
         }
 
 
