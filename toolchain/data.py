@@ -122,7 +122,7 @@ def demo_dataset(seed: int = 0) -> Dataset:
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[..., None]
     y = digits.target.astype(np.int64)
-    x_train, y_train, x_val, y_val = _split(x, y, 0.25, seed)
+    x_train, y_train, x_val, y_val = split_train_val(x, y, 0.25, seed)
     return Dataset(
         x_train=x_train,
         y_train=y_train,
@@ -133,7 +133,10 @@ def demo_dataset(seed: int = 0) -> Dataset:
     )
 
 
-def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+def split_train_val(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded shuffle split into (x_train, y_train, x_val, y_val)."""
     if not 0.0 < val_fraction < 1.0:
         raise InputError(f"val_fraction {val_fraction} must be between 0 and 1")
     order = np.random.default_rng(seed).permutation(len(x))
@@ -172,7 +175,7 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
     if {"x_train", "y_train", "x_val", "y_val"} <= keys:
         parts = [arrays[k] for k in ("x_train", "y_train", "x_val", "y_val")]
     elif {"x", "y"} <= keys:
-        parts = list(_split(arrays["x"], arrays["y"], val_fraction, seed))
+        parts = list(split_train_val(arrays["x"], arrays["y"], val_fraction, seed))
     else:
         raise InputError(
             f"data {path}: keys {sorted(keys)}; expected x_train, y_train, x_val, y_val "
@@ -224,7 +227,7 @@ def _image_folder(
             ys.append(label)
     if len(xs) < 2:
         raise InputError(f"data {path}: found {len(xs)} images; need at least 2 across {classes}")
-    x_train, y_train, x_val, y_val = _split(
+    x_train, y_train, x_val, y_val = split_train_val(
         np.stack(xs), np.asarray(ys, np.int64), val_fraction, seed
     )
     return Dataset(

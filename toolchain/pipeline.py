@@ -63,10 +63,13 @@ class PassRecord:
 class Pass(ABC):
     id: ClassVar[str]
     Params: ClassVar[type]  # a frozen, keyword-only dataclass with defaults
-    needs_data: ClassVar[bool] = True
-
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether ``run`` trains on labeled data: by default, when it fine-tunes (epochs > 0)."""
+        return getattr(self.params, "epochs", 1) > 0
 
     @abstractmethod
     def run(self, model: Any, ctx: PassContext) -> PassResult: ...

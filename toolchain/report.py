@@ -14,7 +14,7 @@ stays byte-reproducible.
 
 Charts (matplotlib, Agg canvas, imported lazily):
 
-- size per target and stage: float32 -> compressed (after the passes) -> each artifact;
+- size per target and stage: float32 -> compressed (after the passes) -> each artifact -> its gzip;
 - accuracy against size: the search's candidates, the chosen one, the baseline and artifacts;
 - latency distribution per device (raw samples as box plots, else the percentiles);
 - memory per device.
@@ -286,13 +286,18 @@ def size_stages(item: ArtifactData) -> list[tuple[str, float]]:
         first, last = passes[0].get("params_before"), passes[-1].get("params_after")
         if measured:
             stages.append(("compressed", float(measured[-1])))
-        elif _is_number(first) and _is_number(last) and first > 0:
+        elif _is_number(first) and _is_number(last) and 0 < last < first:
             stages.append(("compressed (est.)", float(base) * last / first))
     for a in item.artifacts:
+        name = str(a.get("quantization") or a.get("file") or "artifact")
         if _is_number(a.get("bytes")):
-            stages.append(
-                (str(a.get("quantization") or a.get("file") or "artifact"), float(a["bytes"]))
-            )
+            stages.append((name, float(a["bytes"])))
+    for a in item.artifacts[:1]:
+        # Pruning and clustering keep the tensor sizes; their gain is in the
+        # compressed download, so the primary artifact's gzip size is a stage too.
+        if _is_number(a.get("gzip_bytes")):
+            name = str(a.get("quantization") or a.get("file") or "artifact")
+            stages.append((f"{name} gzip", float(a["gzip_bytes"])))
     return stages
 
 
@@ -333,6 +338,8 @@ def _png(fig: Any) -> bytes:
 
 # Bars left to right as the compiler goes: float, after the passes, then smaller schemes.
 _STAGE_ORDER = {"float32": 0, "compressed": 1, "float16": 2, "dynamic": 3, "int8": 4}
+# A stage "<scheme> gzip" sorts after every plain stage.
+_GZIP_ORDER = 5
 
 
 def chart_sizes(items: list[ArtifactData]) -> bytes | None:
@@ -345,7 +352,13 @@ def chart_sizes(items: list[ArtifactData]) -> bytes | None:
         for label, _ in stages:
             if label not in seen:
                 seen.append(label)
-    labels = sorted(seen, key=lambda lb: (_STAGE_ORDER.get(lb.split(" ")[0], 9), seen.index(lb)))
+    labels = sorted(
+        seen,
+        key=lambda lb: (
+            _GZIP_ORDER if lb.endswith(" gzip") else _STAGE_ORDER.get(lb.split(" ")[0], 9),
+            seen.index(lb),
+        ),
+    )
     fig = _figure(max(5.0, 1.6 + 1.4 * len(groups) * max(1, len(labels)) / 3), 3.6)
     ax = fig.add_subplot()
     width = 0.8 / len(labels)
@@ -370,39 +383,47 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     plotted = False
+    # The search ranks candidates by gzip size (pruned and clustered weights compress,
+    # they do not shrink the file), so the x axis is gzip size wherever it is known.
+    key = (
+        "gzip_bytes"
+        if all(_is_number(c.get("gzip_bytes")) for it in items for c in _search(it)[0])
+        and all(_is_number(it.baseline.get("gzip_bytes")) for it in items)
+        else "bytes"
+    )
     many = len(items) > 1
     for i, it in enumerate(items):
         color = _COLORS[i % len(_COLORS)]
         prefix = f"{it.target}: " if many else ""
         cands, chosen = _search(it)
-        good = [c for c in cands if _is_number(c.get("bytes")) and _is_number(c.get("accuracy"))]
+        good = [c for c in cands if _is_number(c.get(key)) and _is_number(c.get("accuracy"))]
         ok = [c for c in good if c.get("ok", True)]
         bad = [c for c in good if not c.get("ok", True)]
         if ok:
             ax.scatter(
-                [c["bytes"] / 1024 for c in ok],
+                [c[key] / 1024 for c in ok],
                 [c["accuracy"] for c in ok],
                 s=28,
                 color=color,
                 alpha=0.6,
-                label=f"{prefix}candidates (within budget)",
+                label=f"{prefix}candidates within the bound and budgets",
             )
             plotted = True
         if bad:
             ax.scatter(
-                [c["bytes"] / 1024 for c in bad],
+                [c[key] / 1024 for c in bad],
                 [c["accuracy"] for c in bad],
                 s=28,
                 marker="x",
                 color=color,
                 alpha=0.6,
-                label=f"{prefix}candidates (over budget)",
+                label=f"{prefix}candidates missing the bound or budgets",
             )
             plotted = True
         for c in good:
             if chosen is not None and str(c.get("label")) == chosen:
                 ax.scatter(
-                    [c["bytes"] / 1024],
+                    [c[key] / 1024],
                     [c["accuracy"]],
                     s=180,
                     marker="*",
@@ -412,9 +433,9 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
                     label=f"{prefix}chosen: {chosen}",
                 )
         base = it.baseline
-        if _is_number(base.get("bytes")) and _is_number(base.get("accuracy")):
+        if _is_number(base.get(key)) and _is_number(base.get("accuracy")):
             ax.scatter(
-                [base["bytes"] / 1024],
+                [base[key] / 1024],
                 [base["accuracy"]],
                 s=60,
                 marker="s",
@@ -427,11 +448,11 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
         arts = [
             a
             for a in it.artifacts
-            if _is_number(a.get("bytes")) and _is_number((a.get("metrics") or {}).get("accuracy"))
+            if _is_number(a.get(key)) and _is_number((a.get("metrics") or {}).get("accuracy"))
         ]
         if arts:
             ax.scatter(
-                [a["bytes"] / 1024 for a in arts],
+                [a[key] / 1024 for a in arts],
                 [a["metrics"]["accuracy"] for a in arts],
                 s=70,
                 marker="D",
@@ -443,7 +464,7 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
             for a in arts:
                 ax.annotate(
                     str(a.get("quantization") or a.get("file")),
-                    (a["bytes"] / 1024, a["metrics"]["accuracy"]),
+                    (a[key] / 1024, a["metrics"]["accuracy"]),
                     fontsize=7,
                     xytext=(4, -10),
                     textcoords="offset points",
@@ -451,7 +472,7 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
             plotted = True
     if not plotted:
         return None
-    ax.set_xlabel("model size (KiB)")
+    ax.set_xlabel("model size, gzip -9 (KiB)" if key == "gzip_bytes" else "model size (KiB)")
     ax.set_ylabel("accuracy (validation)")
     # At least two points of accuracy on the axis: a 0.2-point difference must not look huge.
     low, high = ax.get_ylim()
@@ -731,7 +752,7 @@ def _search_table(item: ArtifactData) -> Table | None:
             fmt_bytes(c.get("bytes")),
             fmt_bytes(c.get("gzip_bytes")),
             fmt_pct(c.get("accuracy")),
-            "ok" if c.get("ok", True) else "over budget",
+            "ok" if c.get("ok", True) else "misses bound/budgets",
         ]
         for c in cands
     ]

@@ -45,12 +45,12 @@ DIGITS_DISTILL = {"temperature": 2.0, "alpha": 0.7, "mixup": 0.2}
 def _data_breast_cancer(seed: int = 0):
     from sklearn.datasets import load_breast_cancer
 
-    from edgec.data import Dataset, _split
+    from edgec.data import Dataset, split_train_val
 
     raw = load_breast_cancer()
     x = raw.data.astype(np.float32)
     y = raw.target.astype(np.int64)
-    x_train, y_train, x_val, y_val = _split(x, y, 0.3, seed)
+    x_train, y_train, x_val, y_val = split_train_val(x, y, 0.3, seed)
     # Standardize with the training split's statistics only.
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     return Dataset(

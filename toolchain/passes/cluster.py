@@ -128,10 +128,6 @@ class ClusterPass(KerasPass):
     id: ClassVar[str] = "cluster"
     Params: ClassVar[type] = ClusterParams
 
-    def __init__(self, params: ClusterParams | None = None) -> None:
-        super().__init__(params)
-        self.needs_data = self.params.epochs > 0
-
     def run(self, model: Any, ctx: PassContext) -> PassResult:
         p: ClusterParams = self.params
         check_supported(model, self.id)

@@ -228,10 +228,6 @@ class LowRankPass(KerasPass):
     id: ClassVar[str] = "lowrank"
     Params: ClassVar[type] = LowRankParams
 
-    def __init__(self, params: LowRankParams | None = None) -> None:
-        super().__init__(params)
-        self.needs_data = self.params.epochs > 0
-
     def run(self, model: Any, ctx: PassContext) -> PassResult:
         p: LowRankParams = self.params
         check_supported(model, self.id, allow_nested=False)

@@ -231,10 +231,6 @@ class PrunePass(KerasPass):
     id: ClassVar[str] = "prune"
     Params: ClassVar[type] = PruneParams
 
-    def __init__(self, params: PruneParams | None = None) -> None:
-        super().__init__(params)
-        self.needs_data = self.params.epochs > 0
-
     def run(self, model: Any, ctx: PassContext) -> PassResult:
         p: PruneParams = self.params
         check_supported(model, self.id)
