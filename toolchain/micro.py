@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import BudgetError, ConversionError, InputError
+from edgec.errors import BudgetError, ConversionError, EdgecError, InputError
 from edgec.modelinfo import ModelInfo, Tensor, read_model
 from edgec.profiles import Profile
 
@@ -332,6 +332,13 @@ def run_tflm(
     the search for the smallest working arena (timing runs). An op TFLM cannot resolve
     raises ``ConversionError`` naming the op and the layer it came from.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("tflite_micro") is None:
+        raise EdgecError(
+            "microcontroller targets run the model in TensorFlow Lite Micro, which is not "
+            "installed: pip install tflite-micro (Linux x86-64 wheels)"
+        )
     info = info or read_model(content, where)
     # The measuring arena only has to be big enough; TFLM reports what it used of it.
     arena = arena_size or max(32 << 20, 16 * len(content))

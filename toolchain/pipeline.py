@@ -63,6 +63,7 @@ class PassRecord:
 class Pass(ABC):
     id: ClassVar[str]
     Params: ClassVar[type]  # a frozen, keyword-only dataclass with defaults
+
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
