@@ -8,9 +8,11 @@ Heavy libraries are imported inside the commands, so ``edgec --help`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,21 @@ def main() -> None:
 
 def emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def _json_errors(as_json: bool) -> Iterator[None]:
+    """With --json, a failure also prints {"ok": false, "error", "exit_code"} on stdout.
+
+    The error line still goes to stderr and the exit code is unchanged, so a CI
+    step can both parse stdout and branch on the code.
+    """
+    try:
+        yield
+    except EdgecError as exc:
+        if as_json:
+            emit_json({"ok": False, "error": str(exc), "exit_code": int(exc.exit_code)})
+        raise
 
 
 # ---------------------------------------------------------------- targets
@@ -591,25 +608,6 @@ def devices_(devices_file: Path | None) -> None:
 
 
 # ---------------------------------------------------------- release, verify, report, completion
-class _json_errors:
-    """With --json, a failure also prints {"ok": false, "error", "exit_code"} on stdout.
-
-    The error line still goes to stderr and the exit code is unchanged, so a CI
-    step can both parse stdout and branch on the code.
-    """
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, _tb: Any) -> bool:
-        if self.as_json and isinstance(exc, EdgecError):
-            emit_json({"ok": False, "error": str(exc), "exit_code": int(exc.exit_code)})
-        return False
-
-
 _SIGNERS_HELP = (
     "OpenSSH allowed_signers file of trusted release keys; when given (or set in "
     "$EDGEC_ALLOWED_SIGNERS) a valid signature is required."
