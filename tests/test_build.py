@@ -199,3 +199,27 @@ def test_profile_default_recipe_runs_with_data(built):
     phone = [a for t in result["targets"] if t["target"] == "phone" for a in t["artifacts"]]
     rpi4 = [a for t in result["targets"] if t["target"] == "rpi4" for a in t["artifacts"]]
     assert phone[0]["gzip_bytes"] < rpi4[0]["gzip_bytes"] * 0.8  # the zeros compress
+
+
+def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_keras_file, digits_npz):
+    from edgec.build import BuildRequest, build
+
+    request = BuildRequest(
+        model=cnn_keras_file,
+        targets=("rpi4",),
+        data=str(digits_npz),
+        out=tmp_path,
+        max_accuracy_drop=0.02,
+        epochs_scale=0.25,
+    )
+    result = build(request, log=lambda _m: None)
+    manifest = result.targets[0].manifest
+    search = manifest["search"]
+    plain = next(c for c in search["candidates"] if c["label"] == "plain")
+    chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
+    assert len(search["candidates"]) >= 3 and search["met"] and result.ok
+    assert chosen["gzip_bytes"] <= plain["gzip_bytes"] and chosen["accuracy_drop"] <= 0.02
+    assert [p["id"] for p in manifest["passes"]] == [p["id"] for p in search["chosen_passes"]]
+    art = manifest["artifacts"][0]
+    assert art["metrics"]["accuracy_drop"] <= 0.02 + 0.005  # re-converted: same model, same bound
+    assert (tmp_path / "tiny_cnn" / "rpi4" / "report.html").is_file()

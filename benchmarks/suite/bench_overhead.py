@@ -14,17 +14,28 @@
    Python start, runtime import, the runs) of 4 devices competes for them,
    which real devices would not; the edgec process's own CPU time is recorded
    too (host_cpu_*), to tell the host's share apart.
+4. Fleet on capped devices (``fleet_4_vs_1_capped``): the same 4 vs 1, with
+   each loopback device's sshd (so every session, login shell, Python and run
+   of that device) in its own cgroup-v1 ``cpu`` group capped by CFS quota at
+   ``--device-cpu`` of a core (default 0.4: 4 x 0.4 = 1.6 < 2 cores), the
+   group of 1 under the same cap. The devices then never compete for CPU, as
+   separate boards would not; the edgec process stays uncapped. Needs root and
+   a writable /sys/fs/cgroup/cpu; otherwise only this variant is skipped (the
+   JSON says why).
 
 Usage: python benchmarks/suite/bench_overhead.py [--out FILE] [--rounds N] [--quick]
+       [--device-cpu CPUS]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -164,6 +175,142 @@ def write_devices(
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def fleet_rounds(fleet_cmd: list[str], env: dict, rounds: int) -> dict:
+    """``rounds`` of a group of 1 then the group of 4, warm (deployed once before timing)."""
+    timed([*fleet_cmd, "four"], env)
+    one, four, cpu_one, cpu_four = [], [], [], []
+    for _ in range(rounds):
+        one.append(timed([*fleet_cmd, "one"], env))
+        cpu_one.append(HOST_CPU[-1])
+        four.append(timed([*fleet_cmd, "four"], env))
+        cpu_four.append(HOST_CPU[-1])
+    ratio = statistics.median(four) / statistics.median(one)
+    return {
+        "devices": 4,
+        "runs": 100,
+        "rounds": rounds,
+        "one_seconds": one,
+        "four_seconds": four,
+        "ratio": ratio,
+        "target": "ratio <= 1.5",
+        "ok": ratio <= 1.5,
+        # The edgec process's own CPU: what the host spends per fleet size.
+        # The loopback "devices" run on the same cores as the host.
+        "host_cpu_seconds_one": cpu_one,
+        "host_cpu_seconds_four": cpu_four,
+        "host_cpu_ratio": statistics.median(cpu_four) / statistics.median(cpu_one),
+    }
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1, the cpu controller
+CFS_PERIOD_US = 100_000
+
+
+def make_cpu_caps(count: int, cpus: float) -> list[Path]:
+    """``count`` cgroups each capped at ``cpus`` of one core (CFS quota per period).
+
+    Raises OSError when the controller is missing or not writable (not root, a
+    read-only /sys, cgroup v2 only); whatever was created is removed first.
+    """
+    groups: list[Path] = []
+    try:
+        for i in range(count):
+            group = CGROUP_CPU / f"edgec-bench-dev{i}"
+            group.mkdir(exist_ok=True)  # exist_ok: left behind by a killed run
+            groups.append(group)
+            (group / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_US}\n")
+            (group / "cpu.cfs_quota_us").write_text(f"{round(cpus * CFS_PERIOD_US)}\n")
+    except OSError:
+        remove_cpu_caps(groups)
+        raise
+    return groups
+
+
+def remove_cpu_caps(groups: list[Path]) -> None:
+    """Move every task back to the root cgroup, then remove the groups."""
+    for group in groups:
+        for _attempt in range(50):
+            try:
+                tids = (group / "tasks").read_text().split()
+            except FileNotFoundError:
+                break
+            for tid in tids:
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    (CGROUP_CPU / "tasks").write_text(f"{tid}\n")
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY: a task forked in meanwhile, or is still exiting
+                time.sleep(0.1)
+        else:
+            print(f"warning: could not remove {group}", file=sys.stderr)
+
+
+def throttling(group: Path) -> dict[str, int]:
+    """The group's cpu.stat counters: periods run, periods throttled, ns throttled."""
+    stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
+    return {k: int(stat[k]) for k in ("nr_periods", "nr_throttled", "throttled_time")}
+
+
+def fleet_capped(
+    servers: list[Sshd], fleet_cmd: list[str], env: dict, rounds: int, cpus: float
+) -> dict:
+    """The fleet rounds with each device's sshd in its own CPU-capped cgroup."""
+    common = {
+        "cpu_per_device": cpus,
+        "cfs_period_us": CFS_PERIOD_US,
+        "cfs_quota_us": round(cpus * CFS_PERIOD_US),
+        "host_cores": os.cpu_count(),
+        "method": (
+            f"each loopback device's sshd, so all its sessions, shells, Python and runs, "
+            f"is in its own cgroup capped at {cpus} CPU; {len(servers)} x {cpus} = "
+            f"{len(servers) * cpus:g} < {os.cpu_count()} cores, so the devices never compete "
+            f"for CPU, as separate boards would not; 1 and 4 run under the same cap; the edgec "
+            f"host process is uncapped"
+        ),
+    }
+    if len(servers) * cpus >= (os.cpu_count() or 1):
+        return {**common, "skipped": "the caps of all devices must sum below the host's cores"}
+    try:
+        groups = make_cpu_caps(len(servers), cpus)
+    except OSError as exc:
+        return {**common, "skipped": f"cgroup v1 cpu controller not writable: {exc}"}
+    try:
+        try:
+            for server, group in zip(servers, groups, strict=True):
+                assert server.proc is not None
+                # Children inherit the group: every later connection of this device.
+                (group / "cgroup.procs").write_text(f"{server.proc.pid}\n")
+        except OSError as exc:
+            return {**common, "skipped": f"could not move an sshd into its cgroup: {exc}"}
+        load_before = os.getloadavg()
+        before = [throttling(g) for g in groups]
+        fleet = fleet_rounds(fleet_cmd, env, rounds)
+        after = [throttling(g) for g in groups]
+        load_after = os.getloadavg()
+    finally:
+        remove_cpu_caps(groups)
+    return {
+        **common,
+        **fleet,
+        "one_median_seconds": statistics.median(fleet["one_seconds"]),
+        "four_median_seconds": statistics.median(fleet["four_seconds"]),
+        # Proof the devices' work ran inside their caps (warm-up included).
+        "throttling_per_device": [
+            {
+                "periods": a["nr_periods"] - b["nr_periods"],
+                "throttled_periods": a["nr_throttled"] - b["nr_throttled"],
+                "throttled_seconds": (a["throttled_time"] - b["throttled_time"]) / 1e9,
+            }
+            for b, a in zip(before, after, strict=True)
+        ],
+        # The machine is shared: other load can take a device's budget away.
+        "loadavg_1min_before_after": [load_before[0], load_after[0]],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -171,8 +318,16 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    ap.add_argument(
+        "--device-cpu",
+        type=float,
+        default=0.4,
+        help="CPU cap per loopback device in the capped fleet variant (cores)",
+    )
     args = ap.parse_args()
     rounds = 2 if args.quick else args.rounds
+    # A plain kill must still stop the sshds and remove the cgroups (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="edgec-bench-overhead-") as tmpdir:
         tmp = Path(tmpdir)
@@ -241,29 +396,8 @@ def main() -> None:
                 {0: ["one", "four"], 1: ["four"], 2: ["four"], 3: ["four"]},
             )
             fleet_cmd = [*bench, "--devices", str(devices), "--jobs", "4", "--group"]
-            timed([*fleet_cmd, "four"], env)
-            one, four, cpu_one, cpu_four = [], [], [], []
-            for _ in range(rounds):
-                one.append(timed([*fleet_cmd, "one"], env))
-                cpu_one.append(HOST_CPU[-1])
-                four.append(timed([*fleet_cmd, "four"], env))
-                cpu_four.append(HOST_CPU[-1])
-            ratio = statistics.median(four) / statistics.median(one)
-            fleet = {
-                "devices": 4,
-                "runs": 100,
-                "rounds": rounds,
-                "one_seconds": one,
-                "four_seconds": four,
-                "ratio": ratio,
-                "target": "ratio <= 1.5",
-                "ok": ratio <= 1.5,
-                # The edgec process's own CPU: what the host spends per fleet size.
-                # The loopback "devices" run on the same cores as the host.
-                "host_cpu_seconds_one": cpu_one,
-                "host_cpu_seconds_four": cpu_four,
-                "host_cpu_ratio": statistics.median(cpu_four) / statistics.median(cpu_one),
-            }
+            fleet = fleet_rounds(fleet_cmd, env, rounds)
+            ratio = fleet["ratio"]
             print(f"fleet: 4 vs 1 ratio {ratio:.2f}", file=sys.stderr)
 
             # What one SSH command costs here (login shell start-up included).
@@ -276,6 +410,17 @@ def main() -> None:
                 per_cmd = [transport.run(["true"], timeout=30).seconds for _ in range(5)]
             finally:
                 transport.close()
+
+            # The same fleet with every device on a fixed CPU budget of its own.
+            capped = fleet_capped(servers, fleet_cmd, env, rounds, args.device_cpu)
+            if "skipped" in capped:
+                print(f"fleet capped: skipped: {capped['skipped']}", file=sys.stderr)
+            else:
+                print(
+                    f"fleet capped ({args.device_cpu} CPU per device): 4 vs 1 ratio "
+                    f"{capped['ratio']:.2f}",
+                    file=sys.stderr,
+                )
         finally:
             for s in servers:
                 s.stop()
@@ -290,6 +435,7 @@ def main() -> None:
         "harness_vs_litert_tool": fid,
         "ssh_vs_local": ssh,
         "fleet_4_vs_1": fleet,
+        "fleet_4_vs_1_capped": capped,
         "ssh_command_seconds": per_cmd,
         "ssh_overhead_without_login_shell_seconds": {
             "warm": ssh["overhead_seconds_warm"] - statistics.median(per_cmd),
