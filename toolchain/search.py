@@ -190,6 +190,23 @@ def search(
         start = time.perf_counter()
         records: list[dict[str, Any]] = []
         new_model = model
+
+        def failed(error: str, params: int | None) -> Candidate:
+            c = Candidate(
+                label=label,
+                steps=steps,
+                measurement=None,
+                accuracy_drop=None,
+                fits_budgets=False,
+                ok=False,
+                params=params,
+                seconds=time.perf_counter() - start,
+                records=records,
+                error=error,
+            )
+            consider(c, None)
+            return c
+
         try:
             if steps:
                 passes = [s.instantiate() for s in steps]
@@ -199,37 +216,11 @@ def search(
                     raise _NoChange
             m = evaluate(new_model, label)
         except _NoChange:
-            c = Candidate(
-                label=label,
-                steps=steps,
-                measurement=None,
-                accuracy_drop=None,
-                fits_budgets=False,
-                ok=False,
-                params=count_params(new_model),
-                seconds=time.perf_counter() - start,
-                records=records,
-                error="the passes changed nothing",
-            )
-            consider(c, None)
-            return c
+            return failed("the passes changed nothing", count_params(new_model))
         except EdgecError as exc:
             if not steps:
                 raise
-            c = Candidate(
-                label=label,
-                steps=steps,
-                measurement=None,
-                accuracy_drop=None,
-                fits_budgets=False,
-                ok=False,
-                params=None,
-                seconds=time.perf_counter() - start,
-                records=records,
-                error=str(exc),
-            )
-            consider(c, None)
-            return c
+            return failed(str(exc), None)
         drop = float(reference_accuracy) - float(m.accuracy)
         fit = bool(fits(m))
         c = Candidate(
