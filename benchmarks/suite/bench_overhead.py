@@ -302,7 +302,7 @@ def fleet_capped(
             {
                 "periods": a["nr_periods"] - b["nr_periods"],
                 "throttled_periods": a["nr_throttled"] - b["nr_throttled"],
-                "throttled_seconds": (a["throttled_time"] - b["throttled_time"]) / 1e9,
+                "throttled_seconds_all_cpus": (a["throttled_time"] - b["throttled_time"]) / 1e9,
             }
             for b, a in zip(before, after, strict=True)
         ],
@@ -441,7 +441,10 @@ def main() -> None:
             "warm": ssh["overhead_seconds_warm"] - statistics.median(per_cmd),
             "cold": ssh["overhead_seconds_cold"] - 2 * statistics.median(per_cmd),
         },
-        "ok": all(f["ok"] for f in fid) and ssh["ok"] and fleet["ok"],
+        # The fleet target is judged where the loopback devices have CPUs of their own,
+        # as boards do (the capped variant); uncapped, they share this host's cores.
+        "fleet_judged_on": "fleet_4_vs_1_capped" if "ok" in capped else "fleet_4_vs_1",
+        "ok": all(f["ok"] for f in fid) and ssh["ok"] and capped.get("ok", fleet["ok"]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
