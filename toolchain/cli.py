@@ -193,7 +193,12 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     is_flag=True,
     help="Search compression strength for the smallest artifact within bounds.",
 )
-@click.option("--max-accuracy-drop", type=float, help="Accuracy bound (absolute, 0.01 = 1 point).")
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0.0),
+    help="Search within this accuracy bound (absolute, 0.01 = 1 point); "
+    "--search alone uses the profile's bound.",
+)
 @click.option(
     "--keep-failed",
     is_flag=True,
