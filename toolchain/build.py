@@ -295,12 +295,16 @@ def convert_options(profile: Profile, quantization: Quantization, **extra: Any) 
 
 
 def _artifact_entry(
-    file: str, quantization: Quantization, content: bytes, ev: Evaluation, baseline: dict[str, Any]
+    file: str,
+    quantization: Quantization,
+    content: bytes,
+    ev: Evaluation,
+    baseline_accuracy: float | None,
 ) -> dict[str, Any]:
     info = read_model(content, file)
     metrics = dict(ev.metrics)
-    if "accuracy" in metrics and baseline.get("accuracy") is not None:
-        metrics["accuracy_drop"] = round(baseline["accuracy"] - metrics["accuracy"], 6)
+    if "accuracy" in metrics and baseline_accuracy is not None:
+        metrics["accuracy_drop"] = round(baseline_accuracy - metrics["accuracy"], 6)
     return {
         "file": file,
         "quantization": str(quantization),
@@ -364,9 +368,7 @@ def _build_target(
         ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
         files[name] = content
         artifacts.append(
-            _artifact_entry(
-                name, quantization, content, ev, {"accuracy": base.metrics.get("accuracy")}
-            )
+            _artifact_entry(name, quantization, content, ev, base.metrics.get("accuracy"))
         )
         m = artifacts[-1]["metrics"]
         log(

@@ -291,6 +291,15 @@ def _tf_keras_fallback(path: Path, digest: str, saved_by: str, error: str) -> Lo
     )
 
 
+def _tflite_io(info: Any, path: Path) -> dict[str, tuple[int | None, ...]]:
+    """``input_shape`` and ``output_shape`` (batch dropped) of a one-input flatbuffer."""
+    return {
+        "input_shape": _single([list(t.shape) for t in info.input_tensors], "input", path),
+        # The first output is the one evaluated; further outputs are carried as they are.
+        "output_shape": _single([list(t.shape) for t in info.output_tensors[:1]], "output", path),
+    }
+
+
 def _savedmodel(path: Path) -> LoadedModel:
     from edgec.convert import ConvertOptions, convert
     from edgec.modelinfo import read_model
@@ -311,10 +320,7 @@ def _savedmodel(path: Path) -> LoadedModel:
         sha256=sha256_path(path),
         keras=None,
         convert_source=str(path),
-        input_shape=_single([[1, *info.input_tensors[0].shape[1:]]], "input", path)
-        if len(info.inputs) == 1
-        else _single([[]] * len(info.inputs), "input", path),
-        output_shape=tuple(info.output_tensors[0].shape[1:]),
+        **_tflite_io(info, path),
         notes=("SavedModel: converted as a graph; compression passes need a Keras 3 model",),
     )
 
@@ -326,8 +332,7 @@ def _tflite(path: Path) -> LoadedModel:
     content = path.read_bytes()
     info = read_model(content, f"model {path}")
     probe_tflite(content, f"model {path}")
-    if len(info.inputs) != 1:
-        raise InputError(f"model {path}: has {len(info.inputs)} inputs; edgec handles one input")
+    io_shapes = _tflite_io(info, path)
     if info.input_tensors[0].dtype != "float32":
         raise InputError(
             f"model {path}: already quantized ({info.input_tensors[0].dtype} input); give a float .tflite"
@@ -340,8 +345,7 @@ def _tflite(path: Path) -> LoadedModel:
         sha256=hashlib.sha256(content).hexdigest(),
         keras=None,
         convert_source=content,
-        input_shape=tuple(info.input_tensors[0].shape[1:]),
-        output_shape=tuple(info.output_tensors[0].shape[1:]),
+        **io_shapes,
         notes=(
             ".tflite input: quantized with ai-edge-quantizer; compression passes need a Keras 3 model",
         ),

@@ -15,25 +15,6 @@ from typing import Any
 
 from edgec.errors import InputError
 
-# Ops that stay float-free in a full-integer model (they move or reinterpret data).
-_SHAPE_OPS = {
-    "RESHAPE",
-    "SQUEEZE",
-    "EXPAND_DIMS",
-    "TRANSPOSE",
-    "CONCATENATION",
-    "PACK",
-    "UNPACK",
-    "SLICE",
-    "STRIDED_SLICE",
-    "GATHER",
-    "SHAPE",
-    "PAD",
-    "PADV2",
-    "SPLIT",
-    "SPLIT_V",
-}
-
 
 @cache
 def _schema() -> Any:
@@ -140,8 +121,7 @@ class ModelInfo:
         return total
 
     def float_ops(self) -> list[str]:
-        """Ops that compute in float: any op (other than QUANTIZE/DEQUANTIZE at the edges
-        and pure data movement) touching a float32 or float16 tensor."""
+        """Ops that touch a float32 or float16 tensor, other than QUANTIZE/DEQUANTIZE."""
         bad = []
         for op in self.ops:
             if op.name in ("QUANTIZE", "DEQUANTIZE"):
@@ -165,10 +145,15 @@ class ModelInfo:
         }
 
 
+def require_identifier(head: bytes, where: str) -> None:
+    """Refuse bytes whose first 8 do not carry the TFLite flatbuffer identifier."""
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise InputError(f"{where}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+
+
 def read_model(content: bytes, where: str = "model") -> ModelInfo:
     """Parse ``content`` as a TFLite flatbuffer, or raise ``InputError`` saying why not."""
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise InputError(f"{where}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    require_identifier(content, where)
     s = _schema()
     try:
         model = s.ModelT.InitFromPackedBuf(bytearray(content), 0)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import InputError
+from edgec.modelinfo import require_identifier
 from edgec.quiet import quiet_fds
 
 _PROBE = r"""
@@ -55,8 +56,7 @@ def interpreter_class() -> tuple[type, str]:
 
 def probe_tflite(content: bytes, where: str, timeout: float = 60.0) -> None:
     """Load ``content`` in a child interpreter; raise InputError if that fails or crashes."""
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise InputError(f"{where}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    require_identifier(content, where)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE], input=content, capture_output=True, timeout=timeout

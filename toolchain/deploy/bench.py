@@ -60,6 +60,7 @@ from edgec.deploy.transport import (
     transfer_for,
 )
 from edgec.errors import BudgetError, DeviceError, EdgecError, InputError, UsageError
+from edgec.modelinfo import require_identifier
 from edgec.signing import require_signed
 
 Log = Callable[[str], None]
@@ -139,8 +140,7 @@ def locate_artifact(path: Path) -> Artifact:
         raise InputError(f"{path}: no such artifact folder or .tflite file")
     with open(model, "rb") as fh:
         head = fh.read(8)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        raise InputError(f"{model}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    require_identifier(head, str(model))
     name = model.stem if path.is_file() else path.name
     if manifest and isinstance(manifest.get("model"), dict) and manifest["model"].get("name"):
         target = (
