@@ -20,6 +20,8 @@ import click
 
 from edgec import __version__
 from edgec.errors import EdgecError
+from edgec.schemes import Quantization
+from edgec.schemes import names as scheme_names
 
 
 class _Group(click.Group):
@@ -211,6 +213,11 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     show_default=True,
     help="Representative samples drawn from the training data for int8 calibration.",
 )
+@click.option(
+    "--quantization",
+    type=click.Choice(scheme_names()),
+    help="Use this quantization scheme instead of each target profile's (one build).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_JSON
 def build(
@@ -224,6 +231,7 @@ def build(
     max_accuracy_drop: float | None,
     keep_failed: bool,
     calibration_size: int,
+    quantization: str | None,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -238,6 +246,7 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "quantization": None if quantization is None else Quantization(quantization),
     }
     with _json_errors(as_json):
         if model is None:
