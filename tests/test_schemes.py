@@ -77,9 +77,9 @@ def run_in(runtime: RuntimeName, model: Path, x: np.ndarray, tmp: Path) -> dict:
         env["PYTHONPATH"] = TFLITE_RUNTIME_DIR
     inputs = tmp / "x.npy"
     np.save(inputs, x)
+    args = ["--runtime", _HARNESS_RUNTIME[runtime], "--input", str(inputs), "--runs", "2"]
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), str(model), "--runtime", _HARNESS_RUNTIME[runtime]]
-        + ["--input", str(inputs), "--runs", "2", "--warmup-runs", "1", "--quiet"],
+        [sys.executable, str(HARNESS), str(model), *args, "--warmup-runs", "1", "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
