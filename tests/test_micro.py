@@ -15,9 +15,8 @@ from edgec.convert import ConvertOptions, convert
 from edgec.data import demo_dataset
 from edgec.errors import BudgetError, ConversionError, ExitCode, InputError
 from edgec.micro import (
-    KERNEL_CODE_BYTES,
-    RUNTIME_BASE_CODE_BYTES,
     choose_smallest,
+    cost_table,
     fit_report,
     micro_candidates,
     recommended_arena,
@@ -111,9 +110,10 @@ def test_arena_figure_is_exact_in_tflm(report, int8_model):
 
 def test_flash_and_ram_budgets(report, int8_model):
     info = read_model(int8_model)
-    kernels = sum(KERNEL_CODE_BYTES.get(op, 3000) for op in info.op_counts)
+    table = cost_table()
+    kernels = sum(table.kernels.get(op, table.default_kernel_code_bytes) for op in info.op_counts)
     assert report.runtime_code_estimated
-    assert report.runtime_code_bytes == RUNTIME_BASE_CODE_BYTES + kernels
+    assert report.runtime_code_bytes == table.base_code_bytes + kernels
     assert report.flash_bytes == len(int8_model) + report.runtime_code_bytes
     assert report.ram_bytes == report.arena_recommended + report.interpreter_ram_bytes
     checks = {c.name: c for c in report.checks}
@@ -225,3 +225,34 @@ def test_choose_smallest_keeps_per_tensor_dense_when_it_agrees(digits):
     text = choice.format_text()
     assert "per-tensor dense" in text and "per-channel dense" in text
     json.dumps(choice.to_dict())
+
+
+def test_cost_table_is_data_checked_strictly(tmp_path):
+    from edgec.errors import ProfileError
+    from edgec.micro import load_cost_table
+
+    table = cost_table()
+    assert table.file == "targets/costs/tflm-cortex-m.toml"
+    assert table.kernels["CONV_2D"] > table.kernels["RESHAPE"] > 0
+    good = (
+        'description = "d"\nsource = "s"\n[runtime]\nbase_code_bytes = 1\n'
+        "default_kernel_code_bytes = 2\n[ram]\ninterpreter_bytes = 3\nresolver_bytes_per_op = 4\n"
+    )
+    (tmp_path / "ok.toml").write_text(good + "[kernels]\nCONV_2D = 5\n")
+    assert load_cost_table(tmp_path / "ok.toml").kernel_code({"CONV_2D": 2, "ADD": 1}) == {
+        "ADD": 2,
+        "CONV_2D": 5,
+    }
+    bad = {
+        "typo.toml": (good + "[kernels]\nCONV2D = 5\n", r"'kernels.CONV2D' is not an op TFLM"),
+        "neg.toml": (good + "[kernels]\nADD = -1\n", r"'kernels.ADD' = -1 must be a whole number"),
+        "key.toml": ("margn = 1\n" + good, r"unknown key .margn."),
+        "sub.toml": (
+            good.replace("base_code", "basecode"),
+            r"unknown key 'runtime.basecode_bytes'",
+        ),
+    }
+    for name, (text, msg) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ProfileError, match=msg):
+            load_cost_table(tmp_path / name)
