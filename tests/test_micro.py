@@ -256,3 +256,42 @@ def test_cost_table_is_data_checked_strictly(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ProfileError, match=msg):
             load_cost_table(tmp_path / name)
+
+
+def test_too_big_for_the_board_is_a_budget_error_before_tflm_runs(int8_model, report, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgec.micro import lower_bounds
+
+    info = read_model(int8_model)
+    bounds = lower_bounds(int8_model, info)
+    # pool_a reads conv_a's 6x6x8 int8 output and writes 3x3x8: both live at once (conv_a
+    # itself holds 8x8x1 + 6x6x8, less).
+    assert (bounds.op, bounds.ram_bytes) == ("MAX_POOL_2D", 6 * 6 * 8 + 3 * 3 * 8)
+    assert bounds.flash_bytes == len(int8_model)
+    # A lower bound: TFLM's measured activations (the arena head) are never smaller.
+    assert bounds.ram_bytes <= report.arena_head
+    tiny = tmp_path / "tiny-board.toml"
+    tiny.write_text('extends = "cortex-m4"\n[budgets]\nflash_bytes = 1000\nram_bytes = 256\n')
+    with pytest.raises(BudgetError) as exc:
+        fit_report(int8_model, load_profile(tiny), trusted=True)
+    msg = str(exc.value)
+    assert exc.value.exit_code == ExitCode.BUDGET
+    assert "before TFLM runs" in msg
+    assert f"model alone is {len(int8_model):,} bytes > flash_bytes 1,000" in msg
+    assert f"op MAX_POOL_2D alone holds {bounds.ram_bytes:,} bytes" in msg
+    assert "> ram_bytes 256" in msg
+
+    # As a user meets it: edgec inspect --target exits 5 with one line.
+    (tmp_path / "m.tflite").write_bytes(int8_model)
+    edgec = str(Path(sys.executable).with_name("edgec"))
+    proc = subprocess.run(
+        [edgec, "inspect", str(tmp_path / "m.tflite"), "--target", str(tiny)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == ExitCode.BUDGET, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "before TFLM runs" in lines[0] and "ram_bytes 256" in lines[0]

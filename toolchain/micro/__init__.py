@@ -18,9 +18,11 @@ from edgec.micro.costs import CostTable, cost_table, load_cost_table, runtime_co
 from edgec.micro.report import (
     Agreement,
     Check,
+    LowerBounds,
     MicroReport,
     fit_report,
     litert_raw_outputs,
+    lower_bounds,
     synthetic_inputs,
     tensor_bytes,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "Check",
     "Choice",
     "CostTable",
+    "LowerBounds",
     "MicroReport",
     "TFLMRun",
     "choose_smallest",
@@ -41,6 +44,7 @@ __all__ = [
     "layer_of",
     "litert_raw_outputs",
     "load_cost_table",
+    "lower_bounds",
     "micro_candidates",
     "recommended_arena",
     "run_tflm",

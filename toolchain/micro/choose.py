@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import ConversionError
+from edgec.errors import BudgetError, ConversionError
 from edgec.micro.report import MicroReport, fit_report
 from edgec.profiles import Profile
 
@@ -115,11 +115,19 @@ def choose_smallest(
         raise ConversionError("no candidate artifacts to choose from")
     make = report or fit_report
     x = np.asarray(inputs, dtype=np.float32)
-    labels = list(candidates)
+    reports: dict[str, MicroReport] = {}
+    too_big: dict[str, BudgetError] = {}
+    for k in candidates:
+        try:
+            reports[k] = make(candidates[k], profile, x, where=k, trusted=trusted)
+        except BudgetError as exc:  # over a lower bound: TFLM never ran it
+            too_big[k] = exc
+    if not reports:
+        raise too_big[min(too_big, key=lambda k: len(candidates[k]))]
+    labels = list(reports)  # a candidate that cannot fit at all is not a choice
     preds = {k: TFLiteModel(candidates[k]).predict(x) for k in labels}
     ref = reference_outputs if reference_outputs is not None else preds[labels[0]]
     ref_name = "the given reference outputs" if reference_outputs is not None else labels[0]
-    reports = {k: make(candidates[k], profile, x, where=k, trusted=trusted) for k in labels}
 
     def top1(p: np.ndarray) -> float | None:
         if p.ndim < 2 or p.shape[-1] < 2:

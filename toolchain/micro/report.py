@@ -379,6 +379,71 @@ def _largest(info: ModelInfo, constant: bool, n: int = 5) -> tuple[tuple[str, in
     return tuple((t.name.split(";")[0], tensor_bytes(t)) for t in ts[:n])
 
 
+# Ops whose output may share its input's buffer: left out of the activation lower bound, so
+# that it stays a lower bound whatever the memory planner does.
+_MAY_ALIAS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowerBounds:
+    """Flash and RAM that any TFLM build of a model needs at least, known without running it.
+
+    Flash holds at least the flatbuffer. RAM holds at least the tensors one op reads and
+    writes at the same time (its activation inputs and outputs): the largest such set over
+    the graph. TFLM's arena is never smaller, so a miss here is a miss for certain.
+    """
+
+    flash_bytes: int  # the model's bytes
+    ram_bytes: int  # the largest activation set of one op
+    op: str  # that op, e.g. "CONV_2D"
+    tensors: tuple[tuple[str, int], ...]  # its activations: (name, bytes)
+
+    def failures(self, profile: Profile) -> list[str]:
+        b = profile.budgets
+        out = []
+        if b.flash_bytes is not None and self.flash_bytes > b.flash_bytes:
+            out.append(
+                f"the model alone is {self.flash_bytes:,} bytes > flash_bytes "
+                f"{b.flash_bytes:,} of profile {profile.name!r}"
+            )
+        if b.ram_bytes is not None and self.ram_bytes > b.ram_bytes:
+            pair = " + ".join(f"{n!r} {v:,} B" for n, v in self.tensors)
+            out.append(
+                f"op {self.op} alone holds {self.ram_bytes:,} bytes of activations ({pair}) "
+                f"> ram_bytes {b.ram_bytes:,} of profile {profile.name!r}"
+            )
+        return out
+
+
+def lower_bounds(content: bytes, info: ModelInfo) -> LowerBounds:
+    """The flash and RAM lower bounds of ``content`` (see ``LowerBounds``)."""
+    best: tuple[int, str, tuple[tuple[str, int], ...]] = (0, "", ())
+    for op in info.ops:
+        if op.name in _MAY_ALIAS:
+            continue
+        seen = sorted({i for i in (*op.inputs, *op.outputs) if i >= 0})
+        acts = [info.tensors[i] for i in seen if not info.tensors[i].constant]
+        total = sum(tensor_bytes(t) for t in acts)
+        if total > best[0]:
+            named = tuple((t.name.split(";")[0], tensor_bytes(t)) for t in acts)
+            best = (total, op.name, named)
+    return LowerBounds(flash_bytes=len(content), ram_bytes=best[0], op=best[1], tensors=best[2])
+
+
+def check_lower_bounds(content: bytes, info: ModelInfo, profile: Profile, where: str) -> None:
+    """Raise ``BudgetError`` if ``content`` cannot fit ``profile`` whatever TFLM does.
+
+    Runs before TFLM: a model far too big for a microcontroller gets the numbers, not a
+    TFLM crash in an arena it could never have.
+    """
+    fails = lower_bounds(content, info).failures(profile)
+    if fails:
+        raise BudgetError(
+            f"{where}: too big for {profile.name} before TFLM runs: {'; and '.join(fails)}; "
+            "prune, cluster or shrink the model, or reduce the input size"
+        )
+
+
 def fit_report(
     content: bytes,
     profile: Profile,
@@ -410,6 +475,7 @@ def fit_report(
         probe_tflite(content, where)
     if not info.inputs:
         raise InputError(f"{where}: the model has no inputs")
+    check_lower_bounds(content, info, profile, where)
     source = "given"
     if inputs is None or len(inputs) == 0:
         inputs = synthetic_inputs(info, min(max_rows, 16), seed)
