@@ -103,9 +103,11 @@ def _kernels(model) -> dict[str, np.ndarray]:
 
 
 def test_registry_lists_the_four_passes() -> None:
-    assert pass_ids() == ["cluster", "distill", "lowrank", "prune"]
+    assert pass_ids() == ["cluster", "distill", "lowrank", "prune", "prune-channels"]
     assert get_pass("prune") is PrunePass
-    with pytest.raises(RecipeError, match="valid: cluster, distill, lowrank, prune"):
+    with pytest.raises(
+        RecipeError, match="valid: cluster, distill, lowrank, prune, prune-channels"
+    ):
         get_pass("quantise")
 
 
