@@ -170,6 +170,9 @@ class MicroReport:
     largest_weights: tuple[tuple[str, int], ...]
     tflm_version: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # int4 weights: TFLM unpacks each into an int8 arena scratch buffer while its op
+    # runs; the largest such buffer is a lower bound of what that costs (in the arena).
+    int4_unpack_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -292,6 +295,7 @@ class MicroReport:
                 "bytes": self.ram_bytes,
                 "arena_recommended": self.arena_recommended,
                 "interpreter_estimate": self.interpreter_ram_bytes,
+                "int4_unpack_scratch_bytes": self.int4_unpack_bytes,
             },
             "checks": [c.to_dict() for c in self.checks],
             "ok": self.ok,
@@ -572,6 +576,13 @@ def _report(
         "arena measured by TFLM on the 64-bit host: persistent structs hold pointers, "
         "so the tail is usually smaller on a 32-bit MCU (the host figure is an upper bound)"
     )
+    int4 = [t.elements for t in info.tensors if t.constant and t.dtype == "int4"]
+    if int4:
+        notes.append(
+            f"int4 weights in {len(int4)} layers: TFLM unpacks each into an int8 scratch buffer "
+            f"in the arena while its op runs (one byte per weight; largest {max(int4):,} B), "
+            "counted in the measured arena and RAM"
+        )
     return MicroReport(
         profile=profile.name,
         model_bytes=len(content),
@@ -598,6 +609,7 @@ def _report(
         largest_weights=_largest(info, constant=True),
         tflm_version=run.tflm_version,
         notes=tuple(notes),
+        int4_unpack_bytes=max(int4, default=0),
     )
 
 
