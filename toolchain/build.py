@@ -19,7 +19,7 @@ from edgec import __version__
 from edgec.artifact import library_versions, write_artifact
 from edgec.convert import ConvertOptions, convert
 from edgec.data import Dataset, load_dataset
-from edgec.errors import InputError, UnsupportedModelError
+from edgec.errors import InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.loaders import LoadedModel, load_model
 from edgec.modelinfo import read_model
@@ -42,6 +42,7 @@ class BuildRequest:
     calibration_size: int = 300
     seed: int = 0
     epochs_scale: float = 1.0
+    firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +122,8 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
+    if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
+        raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
     model = load_model(req.model)
     for note in model.notes:
         log(f"note: {note}")
@@ -360,7 +363,9 @@ def _build_target(
     choice = None
     for i, quantization in enumerate(schemes):
         if i == 0 and profile.is_micro:
-            choice = _micro_choice(source, profile, data, calibration, base, log)
+            choice = _micro_choice(
+                source, profile, data, calibration, base, log, firmware_elf=req.firmware_elf
+            )
             content = choice.content
         else:
             content = convert(source, convert_options(profile, quantization), calibration)
@@ -455,7 +460,14 @@ def _fmt(name: str, value: float) -> str:
 
 
 def _micro_choice(
-    source: Any, profile: Profile, data: Dataset, calibration: Any, base: Evaluation, log: Log
+    source: Any,
+    profile: Profile,
+    data: Dataset,
+    calibration: Any,
+    base: Evaluation,
+    log: Log,
+    *,
+    firmware_elf: Path | None = None,
 ) -> Any:
     """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
     from edgec import micro
@@ -463,7 +475,11 @@ def _micro_choice(
     rows = min(len(data.x_val), 64)
     candidates = micro.micro_candidates(source, profile, calibration)
     choice = micro.choose_smallest(
-        candidates, profile, data.x_val[:rows], reference_outputs=base.outputs[:rows]
+        candidates,
+        profile,
+        data.x_val[:rows],
+        reference_outputs=base.outputs[:rows],
+        firmware_elf=firmware_elf,
     )
     if len(candidates) > 1:
         log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")
