@@ -19,7 +19,7 @@ from edgec import __version__
 from edgec.artifact import library_versions, write_artifact
 from edgec.convert import ConvertOptions, conversion_facts, convert
 from edgec.data import Dataset, load_dataset
-from edgec.errors import InputError, UnsupportedModelError
+from edgec.errors import InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.loaders import LoadedModel, load_model
 from edgec.modelinfo import read_model
@@ -44,6 +44,7 @@ class BuildRequest:
     seed: int = 0
     epochs_scale: float = 1.0
     quantization: Quantization | None = None  # replaces every profile's scheme for this build
+    firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +125,8 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     profiles = [target_profile(load_profile(t), req) for t in req.targets]
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
+    if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
+        raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
     model = load_model(req.model)
     for note in model.notes:
         log(f"note: {note}")
@@ -418,7 +421,16 @@ def _build_target(
             req, profile, quantization, source, data, calibration, base, log
         )
         if i == 0 and profile.is_micro:
-            choice = _micro_choice(source, profile, data, calibration, base, log, **extra)
+            choice = _micro_choice(
+                source,
+                profile,
+                data,
+                calibration,
+                base,
+                log,
+                firmware_elf=req.firmware_elf,
+                **extra,
+            )
             content = choice.content
         else:
             content = convert(source, convert_options(profile, quantization, **extra), calibration)
@@ -529,6 +541,8 @@ def _micro_choice(
     calibration: Any,
     base: Evaluation,
     log: Log,
+    *,
+    firmware_elf: Path | None = None,
     **extra: Any,
 ) -> Any:
     """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
@@ -537,7 +551,11 @@ def _micro_choice(
     rows = min(len(data.x_val), 64)
     candidates = micro.micro_candidates(source, profile, calibration, **extra)
     choice = micro.choose_smallest(
-        candidates, profile, data.x_val[:rows], reference_outputs=base.outputs[:rows]
+        candidates,
+        profile,
+        data.x_val[:rows],
+        reference_outputs=base.outputs[:rows],
+        firmware_elf=firmware_elf,
     )
     if len(candidates) > 1:
         log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")

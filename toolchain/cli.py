@@ -219,6 +219,12 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     help="Use this quantization scheme instead of each target profile's (one build).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your linked firmware (.elf) around firmware/: judge microcontroller flash and RAM "
+    "on its measured sections instead of the estimate.",
+)
 @_JSON
 def build(
     model: Path | None,
@@ -233,6 +239,7 @@ def build(
     calibration_size: int,
     quantization: str | None,
     seed: int,
+    firmware_elf: Path | None,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
@@ -247,6 +254,7 @@ def build(
         "calibration_size": calibration_size,
         "seed": seed,
         "quantization": None if quantization is None else Quantization(quantization),
+        "firmware_elf": firmware_elf,
     }
     with _json_errors(as_json):
         if model is None:
@@ -279,13 +287,18 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 @click.option(
     "--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets."
 )
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --target: measure flash and static RAM from this linked firmware (.elf).",
+)
 @_JSON
-def inspect(model: Path, target: str | None, as_json: bool) -> None:
+def inspect(model: Path, target: str | None, firmware_elf: Path | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
     from edgec.inspect import inspect_tflite
 
     with _json_errors(as_json):
-        report = inspect_tflite(model, target)
+        report = inspect_tflite(model, target, firmware_elf=firmware_elf)
     if as_json:
         emit_json(report.to_dict())
     else:
