@@ -42,6 +42,8 @@ class BuildRequest:
     calibration_size: int = 300
     seed: int = 0
     epochs_scale: float = 1.0
+    # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
+    trust_model: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +123,7 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
-    model = load_model(req.model)
+    model = load_model(req.model, trust=req.trust_model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
@@ -209,7 +211,12 @@ def _compress(
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
     ctx = PassContext(
-        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+        data=data,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        log=log,
+        trust_model=req.trust_model,
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
     done = Compression(
