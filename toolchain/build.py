@@ -45,6 +45,8 @@ class BuildRequest:
     epochs_scale: float = 1.0
     quantization: Quantization | None = None  # replaces every profile's scheme for this build
     firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
+    # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
+    trust_model: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +129,7 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         raise InputError("no target given; use --target (see `edgec targets`)")
     if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
         raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
-    model = load_model(req.model)
+    model = load_model(req.model, trust=req.trust_model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
@@ -229,7 +231,12 @@ def _compress(
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
     ctx = PassContext(
-        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+        data=data,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        log=log,
+        trust_model=req.trust_model,
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
     done = Compression(
