@@ -42,6 +42,8 @@ class BuildRequest:
     calibration_size: int = 300
     seed: int = 0
     epochs_scale: float = 1.0
+    executor: str = "local"  # where the search's candidates run: local | ray (edgec.executor)
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,8 +232,8 @@ def _search(
     calibration: Any,
     log: Log,
 ) -> Compression:
-    from edgec.evaluate import gzip_size
-    from edgec.search import Measurement, search
+    from edgec.executor import open_executor
+    from edgec.search import run_search
 
     if not data.labeled or base.metrics.get("accuracy") is None:
         raise InputError("the accuracy-aware search needs labeled data: give --data")
@@ -242,30 +244,23 @@ def _search(
             if profile.budgets.max_accuracy_drop is not None
             else 0.01
         )
-    options = convert_options(profile, profile.quantization)
-
-    def measure(candidate: Any, label: str) -> Measurement:
-        content = convert(candidate, options, calibration)
-        m = evaluate(content, data, threads=profile.threads).metrics
-        log(
-            f"[{profile.name}] search {label}: {len(content):,} bytes, accuracy {_pct(m['accuracy'])}"
-        )
-        return Measurement(
-            bytes=len(content),
-            gzip_bytes=gzip_size(content),
-            accuracy=m["accuracy"],
-            host_latency_ms=m.get("host_latency_ms"),
-        )
-
     limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
-    result = search(
-        done.source,
-        ctx,
-        evaluate=measure,
-        max_accuracy_drop=bound,
-        fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
-        reference_accuracy=base.metrics["accuracy"],
-    )
+    with open_executor(req.executor, req.ray_address) as executor:
+        result = run_search(
+            done.source,
+            data,
+            options=convert_options(profile, profile.quantization),
+            calibration=calibration,
+            max_accuracy_drop=bound,
+            reference_accuracy=base.metrics["accuracy"],
+            profile=profile,
+            fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
+            seed=req.seed,
+            epochs_scale=req.epochs_scale,
+            threads=profile.threads,
+            executor=executor,
+            log=lambda message: log(f"[{profile.name}] {message}"),
+        )
     chosen = result.chosen
     log(
         f"[{profile.name}] search chose {chosen.label!r}"
