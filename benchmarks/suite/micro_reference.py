@@ -248,7 +248,7 @@ def main() -> None:
     folder = Path(args.mlperf)
     if not folder.is_dir():
         raise SystemExit(f"mlperf folder {folder} does not exist")
-    from edgec.micro import _tflm_version
+    from edgec.micro.tflm import _tflm_version
     from edgec.profiles import load_profile
 
     models, contents = {}, {}

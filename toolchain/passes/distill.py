@@ -33,7 +33,7 @@ from edgec.passes.common import (
     strip_softmax,
     validate_params,
 )
-from edgec.pipeline import PassContext, PassResult, count_params
+from edgec.pipeline import PassContext, PassResult, Requirements, count_params
 
 # Config keys that set a layer's width, by layer class.
 WIDTH_KEYS = {
@@ -204,10 +204,11 @@ class DistillPass(KerasPass):
     id: ClassVar[str] = "distill"
     Params: ClassVar[type] = DistillParams
 
-    def run(self, model: Any, ctx: PassContext) -> PassResult:
+    def requirements(self) -> Requirements:
+        return Requirements(labeled_data=True, class_scores=True)
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: DistillParams = self.params
-        check_supported(model, self.id)
-        output_kind(model)  # a teacher without class scores is refused before any training
         if p.student:
             student = load_student(p.student)
             check_supported(student, f"{self.id} student")
