@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,7 @@ def choose_smallest(
     max_agreement_loss: float = 0.01,
     trusted: bool = True,
     report: Callable[..., MicroReport] | None = None,
+    firmware_elf: str | Path | None = None,
 ) -> Choice:
     """Measure every candidate and keep the smallest that still agrees and, if any can, fits.
 
@@ -111,7 +113,8 @@ def choose_smallest(
     float model's) or else with the first candidate's. A candidate agrees if its
     top-1 agreement is within ``max_agreement_loss`` of the first candidate's and
     TFLM matches LiteRT on it. Among those, one that fits the budgets wins over one
-    that does not; then fewer model bytes, then a smaller arena.
+    that does not; then fewer model bytes, then a smaller arena. With ``firmware_elf``
+    every candidate's flash and static RAM are measured from that linked firmware.
     """
     from edgec.runtime import TFLiteModel
 
@@ -123,7 +126,8 @@ def choose_smallest(
     too_big: dict[str, BudgetError] = {}
     for k in candidates:
         try:
-            reports[k] = make(candidates[k], profile, x, where=k, trusted=trusted)
+            extra = {} if firmware_elf is None else {"firmware_elf": firmware_elf}
+            reports[k] = make(candidates[k], profile, x, where=k, trusted=trusted, **extra)
         except BudgetError as exc:  # over a lower bound: TFLM never ran it
             too_big[k] = exc
     if not reports:
