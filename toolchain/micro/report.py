@@ -35,11 +35,12 @@ _DTYPE_BYTES = {
     "bool": 1,
     "int64": 8,
     "float64": 8,
-    "int4": 1,
 }
 
 
 def tensor_bytes(t: Tensor) -> int:
+    if t.dtype == "int4":  # two weights a byte in the flatbuffer (TFLM unpacks them in RAM)
+        return (t.elements + 1) // 2
     return t.elements * _DTYPE_BYTES.get(t.dtype, 4)
 
 
