@@ -29,8 +29,8 @@ class Runtime(StrEnum):
     TFLM = "tflm"  # TensorFlow Lite for Microcontrollers, bare metal
 
 
-# The schemes (and their I/O types) are defined by the scheme table; profiles name them.
-__all__ = ["FloatFallback", "IODtype", "Quantization"]
+# Quantization, IODtype and FloatFallback come from the scheme table (edgec.schemes);
+# profiles name them, and this module re-exports them for its callers.
 
 
 @dataclass(frozen=True, kw_only=True)
