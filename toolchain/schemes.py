@@ -5,9 +5,10 @@ Everything that depends on the scheme reads ``SCHEMES``: the profile schema
 profile's), conversion (``edgec.convert`` takes its converter or quantizer
 settings from the entry and has no default branch), the microcontroller
 candidates, the I/O types a build may ask for, and the report's stage order.
-A new scheme is one entry here plus one row in ``tests/test_schemes.py``'s
-runtime matrix (which converts a tiny model in every scheme and runs it in every
-runtime the entry claims).
+A new scheme is one ``Quantization`` member and one entry here (an import-time
+check refuses a member without one); ``tests/test_schemes.py``'s runtime matrix
+is parametrized over the table, so it converts a tiny model in the new scheme and
+runs it in every runtime the entry claims without being edited.
 
 Two ways to make an artifact:
 
