@@ -227,7 +227,8 @@ _TABLE = (
 )
 
 SCHEMES: Mapping[Quantization, Scheme] = MappingProxyType({s.name: s for s in _TABLE})
-assert set(SCHEMES) == set(Quantization), "every Quantization member needs a table entry"
+if set(SCHEMES) != set(Quantization):  # a scheme forgotten in the table fails at import
+    raise RuntimeError(f"no scheme table entry for {sorted(set(Quantization) - set(SCHEMES))}")
 
 
 def scheme(name: Quantization | str) -> Scheme:
