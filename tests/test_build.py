@@ -128,15 +128,18 @@ def test_budget_failure_writes_nothing_unless_kept(
     )
 
 
-def test_artifact_write_is_atomic(tmp_path):
+def test_artifact_write_is_atomic(tmp_path, real_build):
+    from edgec.manifest import read_manifest
+
+    manifest = read_manifest(real_build / "rpi4")
     target = tmp_path / "m" / "rpi4"
-    write_artifact(target, {"model.tflite": b"old"}, {"v": 1})
+    write_artifact(target, {"model.tflite": b"old"}, manifest)
 
     def explode(_tmp):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        write_artifact(target, {"model.tflite": b"new"}, {"v": 2}, finish=explode)
+        write_artifact(target, {"model.tflite": b"new"}, manifest, finish=explode)
     assert (target / "model.tflite").read_bytes() == b"old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["rpi4"]  # no temp folder left
 
@@ -201,7 +204,10 @@ def test_profile_default_recipe_runs_with_data(built):
     assert phone[0]["gzip_bytes"] < rpi4[0]["gzip_bytes"] * 0.8  # the zeros compress
 
 
-def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_keras_file, digits_npz):
+def test_search_keeps_the_smallest_within_bound_and_ships_the_measured_bytes(
+    tmp_path, cnn_keras_file, digits_npz
+):
+    """No second conversion after the search: model.tflite is the chosen candidate's bytes."""
     from edgec.build import BuildRequest, build
 
     request = BuildRequest(
@@ -212,8 +218,9 @@ def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_kera
         max_accuracy_drop=0.02,
         epochs_scale=0.25,
     )
-    result = build(request, log=lambda _m: None)
-    manifest = result.targets[0].manifest
+    lines: list[str] = []
+    result = build(request, log=lines.append)
+    manifest = result.targets[0].manifest.to_dict()
     search = manifest["search"]
     plain = next(c for c in search["candidates"] if c["label"] == "plain")
     chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
@@ -221,5 +228,15 @@ def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_kera
     assert chosen["gzip_bytes"] <= plain["gzip_bytes"] and chosen["accuracy_drop"] <= 0.02
     assert [p["id"] for p in manifest["passes"]] == [p["id"] for p in search["chosen_passes"]]
     art = manifest["artifacts"][0]
-    assert art["metrics"]["accuracy_drop"] <= 0.02 + 0.005  # re-converted: same model, same bound
+    assert art["metrics"]["accuracy"] == chosen["accuracy"]  # the very bytes that were measured
     assert (tmp_path / "tiny_cnn" / "rpi4" / "report.html").is_file()
+    search = result.targets[0].manifest.search
+    assert search is not None
+    measured = {
+        line.split(" search ", 1)[1].split(": ", 1)[0]: line.rsplit("sha256 ", 1)[1]
+        for line in lines
+        if " search " in line and "sha256 " in line
+    }
+    shipped = hashlib.sha256((tmp_path / "tiny_cnn" / "rpi4" / "model.tflite").read_bytes())
+    assert measured[search.chosen] == shipped.hexdigest() == search.extra["chosen_sha256"]
+    assert len(set(measured.values())) >= 2  # the candidates really differ

@@ -84,6 +84,20 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "profile") -> Profile:
+        """A profile back from ``to_dict()`` (a manifest's ``target``), checked by the same schema."""
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ProfileError(f"{where}: not a profile (no 'name')")
+        raw: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in ("name", "source") or value is None:
+                continue
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if v is not None}
+            raw[key] = value
+        return _build(d["name"], raw, str(d.get("source") or where))
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):

@@ -31,11 +31,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgec.artifact import MANIFEST, read_manifest
 from edgec.errors import InputError
+from edgec.manifest import MANIFEST, Manifest, read_manifest
 
 RESULTS_DIR = "results"
 REPORT_HTML = "report.html"
@@ -111,32 +112,29 @@ class ArtifactData:
     """What a report shows for one target folder."""
 
     path: Path
-    manifest: dict[str, Any]
+    typed: Manifest  # checked by edgec.manifest when it was read
     runs: tuple[BenchRun, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as its JSON object (the tables below read sections from it)."""
+        return self.typed.to_dict()
 
     @property
     def target(self) -> str:
-        t = self.manifest.get("target")
-        if isinstance(t, dict) and t.get("name"):
-            return str(t["name"])
-        return self.path.name
+        return self.typed.target_name or self.path.name
 
     @property
     def model_name(self) -> str:
-        m = self.manifest.get("model")
-        return (
-            str(m.get("name")) if isinstance(m, dict) and m.get("name") else self.path.parent.name
-        )
+        return self.typed.model.name or self.path.parent.name
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
-        arts = self.manifest.get("artifacts")
-        return [a for a in arts if isinstance(a, dict)] if isinstance(arts, list) else []
+        return [a.to_dict() for a in self.typed.artifacts]
 
     @property
     def baseline(self) -> dict[str, Any]:
-        b = self.manifest.get("baseline")
-        return b if isinstance(b, dict) else {}
+        return self.typed.baseline.to_dict()
 
 
 def read_json(path: Path, what: str = "JSON file") -> dict[str, Any]:
@@ -162,7 +160,7 @@ def load_artifact(artifact_dir: str | Path) -> ArtifactData:
             runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data=read_json(f, "bench result")))
         except InputError as exc:
             runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data={}, error=str(exc)))
-    return ArtifactData(path=path, manifest=manifest, runs=tuple(runs))
+    return ArtifactData(path=path, typed=manifest, runs=tuple(runs))
 
 
 def target_dirs(build_dir: str | Path) -> list[Path]:
