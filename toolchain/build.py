@@ -42,9 +42,9 @@ from edgec.budgets import (
     fits,
     flash_figure,
 )
-from edgec.convert import ConvertOptions, convert
+from edgec.convert import ConvertOptions, conversion_facts, convert
 from edgec.data import DEMO, Dataset, load_dataset
-from edgec.errors import EdgecError, InputError, UnsupportedModelError
+from edgec.errors import EdgecError, InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.files import sha256_bytes, sha256_path
 from edgec.loaders import LoadedModel, load_model
@@ -64,7 +64,8 @@ from edgec.manifest import (
     read_manifest,
 )
 from edgec.modelinfo import read_model
-from edgec.profiles import IODtype, Profile, Quantization, load_profile
+from edgec.profiles import IODtype, Profile, Quantization, load_profile, with_quantization
+from edgec.schemes import scheme
 
 Log = Callable[[str], None]
 
@@ -98,6 +99,12 @@ class BuildRequest:
     calibration_size: int = 300
     seed: int = 0
     epochs_scale: float = 1.0
+    quantization: Quantization | None = None  # replaces every profile's scheme for this build
+    firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
+    # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
+    trust_model: bool = False
+    executor: str = "local"  # where the search's candidates run: local | ray (edgec.executor)
+    ray_address: str | None = None
     replay: Path | None = None  # a manifest.json: rebuild exactly what it records
     # Set from a replayed manifest: the recipe that ran (before the search's steps).
     recipe_steps: tuple[dict[str, Any], ...] | None = None
@@ -188,12 +195,15 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         replayed = read_manifest(_manifest_folder(req.replay))
         req, profiles = _replay_request(req, replayed)
     else:
-        profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
+        # Every profile checked before any work.
+        profiles = [target_profile(load_profile(t), req) for t in req.targets]
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
+    if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
+        raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
     for profile in profiles:  # and every recipe, so a bad one fails before anything is written
         _recipe(req, profile)
-    model = load_model(req.model)
+    model = load_model(req.model, trust=req.trust_model)
     if replayed is not None:
         _check_replay_inputs(req, replayed, model)
     for note in model.notes:
@@ -218,6 +228,20 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
 
         render_build_summary(req.out / model.name)
     return result
+
+
+def target_profile(profile: Profile, req: BuildRequest) -> Profile:
+    """The profile as this build uses it: ``--quantization`` replaces its scheme."""
+    if req.quantization is None:
+        return profile
+    return with_quantization(profile, req.quantization)
+
+
+def _accuracy_bound(req: BuildRequest, profile: Profile) -> float:
+    if req.max_accuracy_drop is not None:
+        return req.max_accuracy_drop
+    b = profile.budgets.max_accuracy_drop
+    return b if b is not None else 0.01
 
 
 def _check_labels(model: LoadedModel, data: Dataset) -> None:
@@ -246,6 +270,7 @@ def _replay_request(req: BuildRequest, m: Manifest) -> tuple[BuildRequest, list[
     replayed = dataclasses.replace(
         req,
         targets=(profile.name,),
+        quantization=None,  # the recorded profile already has the scheme that was used
         recipe=None,
         overrides=(),
         recipe_steps=tuple(r.recipe),
@@ -291,7 +316,6 @@ class Compression:
     search: dict[str, Any] | None = None
     search_met: bool = True
     content: bytes | None = None  # the search's measured artifact, shipped as model.tflite
-    choice: Any = None  # and, for a microcontroller, its TFLM converter choice
 
 
 @dataclass(kw_only=True)
@@ -310,6 +334,7 @@ class TargetContext:
     compression: Compression | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     schemes: list[Quantization] = field(default_factory=list)
+    precision: list[dict[str, Any] | None] = field(default_factory=list)  # mixed-int4 plans
     artifacts: list[ArtifactEntry] = field(default_factory=list)
     choice: Any = None  # edgec.micro.Choice
     micro: MicroSection | None = None
@@ -330,27 +355,49 @@ def _stage_convert(ctx: TargetContext) -> None:
     ctx.schemes = [ctx.profile.quantization, *ctx.profile.variants]
     for i, quantization in enumerate(ctx.schemes):
         name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
-        if i == 0 and c.content is not None:
-            content, ctx.choice = c.content, c.choice  # what the search measured
+        extra, precision = _precision(ctx, quantization, c.source)
+        ctx.precision.append(precision)
+        searched = i == 0 and c.content is not None and not extra
+        if searched and ctx.profile.is_micro:
+            # The bytes the search measured, through the TFLM fit as they are.
+            assert c.content is not None
+            ctx.choice = _micro_choice(c.source, ctx, candidates={"searched": c.content})
+            content = ctx.choice.content
+        elif searched:
+            assert c.content is not None
+            content = c.content  # what the search measured: no second conversion
         elif i == 0 and ctx.profile.is_micro:
-            ctx.choice = _micro_choice(c.source, ctx)
+            ctx.choice = _micro_choice(c.source, ctx, **extra)
             content = ctx.choice.content
         else:
-            content = convert(c.source, convert_options(ctx.profile, quantization), ctx.calibration)
+            options = convert_options(ctx.profile, quantization, **extra)
+            content = convert(c.source, options, ctx.calibration)
         ctx.files[name] = content
 
 
 def _stage_evaluate(ctx: TargetContext) -> None:
     base = ctx.base.evaluation
-    for (name, content), quantization in zip(ctx.files.items(), ctx.schemes, strict=True):
+    items = zip(ctx.files.items(), ctx.schemes, ctx.precision, strict=True)
+    for (name, content), quantization, precision in items:
         ev = evaluate(content, ctx.data, reference=base.outputs, threads=ctx.profile.threads)
-        entry = _artifact_entry(name, quantization, content, ev, base.metrics.get("accuracy"))
+        entry = _artifact_entry(
+            name, quantization, content, ev, base.metrics.get("accuracy"), precision
+        )
         ctx.artifacts.append(entry)
         m = entry.metrics
         ctx.log(
             f"[{ctx.profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.accuracy)}, "
             f"agreement {_pct(m.top1_agreement)}"
         )
+        conversion = entry.extra["conversion"]
+        fallback = conversion["float_fallback_ops"]
+        if fallback:
+            ctx.log(
+                f"[{ctx.profile.name}] {name}: float fall-back ops kept (no int8 kernel): "
+                + ", ".join(f"{r['op']} x{r['count']}" for r in fallback)
+                + f"; {100 * conversion['float_fallback_compute_share']:.2f}% "
+                "of the compute (estimate)"
+            )
 
 
 def _stage_fit(ctx: TargetContext) -> None:
@@ -570,7 +617,12 @@ def _compress(ctx: TargetContext) -> Compression:
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
     pctx = PassContext(
-        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+        data=data,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        log=log,
+        trust_model=req.trust_model,
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, pctx)
     done = Compression(
@@ -578,105 +630,78 @@ def _compress(ctx: TargetContext) -> Compression:
     )
     if not search:
         return done
-    return _search(ctx, done, pctx)
+    return _search(ctx, done)
 
 
 def measurements(entry: ArtifactEntry, micro_report: Any = None) -> Measurements:
     """The figures of one artifact that its budgets judge (``micro_report``: its TFLM fit)."""
     drop = entry.metrics.accuracy_drop
-    flash = ram = None
+    figures: dict[str, Figure] = {}
     if micro_report is not None:
-        r = micro_report
-        flash = dataclasses.replace(
-            flash_figure(
-                model_bytes=r.model_bytes,
-                runtime_code_bytes=r.runtime_code_bytes,
-                runtime_code_estimated=r.runtime_code_estimated,
-            ),
-            detail=_micro_failure(r, "flash_bytes"),
-        )
-        ram = Figure(
-            value=r.ram_bytes,
-            source=Source.EMULATOR,
-            what="TFLM arena measured on the host + interpreter estimate",
-            detail=_micro_failure(r, "ram_bytes"),
-        )
+        for c in micro_report.budget_checks():  # flash and RAM, as the fit report measured them
+            estimate = bool(c.get("estimate"))
+            if c["name"] == "flash_bytes":
+                source = Source.ESTIMATE if estimate else Source.ARTIFACT
+            else:  # the TFLM arena, run on the host: the target's runtime, not the target
+                source = Source.EMULATOR
+            figures[c["name"]] = Figure(
+                value=c["value"], source=source, estimate=estimate, detail=c.get("detail", "")
+            )
     return Measurements(
         model_bytes=Figure(value=entry.bytes, source=Source.ARTIFACT),
-        flash_bytes=flash,
-        ram_bytes=ram,
+        flash_bytes=figures.get("flash_bytes"),
+        ram_bytes=figures.get("ram_bytes"),
         accuracy_drop=None if drop is None else Figure(value=drop, source=Source.HOST),
     )
 
 
-def _micro_failure(report: Any, name: str) -> str:
-    """MicroReport's one-line failure for ``name`` (the numbers and the largest contributors)."""
-    failed = [c for c in report.checks if not c.ok]
-    for c, line in zip(failed, report.failures(), strict=True):
-        if c.name == name:
-            return str(line)
-    return ""
-
-
-def _search(ctx: TargetContext, done: Compression, pctx: Any) -> Compression:
-    from edgec.evaluate import gzip_size
-    from edgec.search import Measurement, search
+def _search(ctx: TargetContext, done: Compression) -> Compression:
+    from edgec.executor import open_executor
+    from edgec.search import Measurement, run_search
 
     req, profile, data, base, log = ctx.req, ctx.profile, ctx.data, ctx.base, ctx.log
     reference = base.evaluation.metrics.get("accuracy")
     if not data.labeled or reference is None:
         raise InputError("the accuracy-aware search needs labeled data: give --data")
-    bound = req.max_accuracy_drop
-    if bound is None:
-        bound = (
-            profile.budgets.max_accuracy_drop
-            if profile.budgets.max_accuracy_drop is not None
-            else 0.01
-        )
-    options = convert_options(profile, profile.quantization)
-
-    def measure(candidate: Any, label: str) -> Measurement:
-        # The candidate's artifact exactly as it would ship (a microcontroller's converter
-        # choice included): the chosen one's bytes become model.tflite unchanged.
-        choice = None
-        if profile.is_micro:
-            choice = _micro_choice(candidate, ctx)
-            content = choice.content
-        else:
-            content = convert(candidate, options, ctx.calibration)
-        m = evaluate(content, data, threads=profile.threads).metrics
-        log(
-            f"[{profile.name}] search {label}: {len(content):,} bytes, accuracy "
-            f"{_pct(m['accuracy'])}, sha256 {sha256_bytes(content)}"
-        )
-        return Measurement(
-            bytes=len(content),
-            gzip_bytes=gzip_size(content),
-            accuracy=m["accuracy"],
-            host_latency_ms=m.get("host_latency_ms"),
-            payload=(content, choice),
-        )
+    bound = _accuracy_bound(req, profile)
+    # A per-layer scheme is measured at int8 here; its layers are chosen on the result.
+    per_layer = scheme(profile.quantization).per_layer_int4
+    options = convert_options(
+        profile, profile.quantization, **({"int4_layers": ()} if per_layer else {})
+    )
 
     def fits_budgets(m: Measurement) -> bool:
-        _, choice = m.payload
-        report = choice.report if choice is not None else None
-        figures = Measurements(
-            model_bytes=Figure(value=m.bytes, source=Source.ARTIFACT),
-            flash_bytes=measurements_flash(report),
-            ram_bytes=None
-            if report is None
-            else Figure(value=report.ram_bytes, source=Source.EMULATOR),
-        )
-        return fits(profile.budgets, figures)
+        # Flash of a microcontroller is the model plus TFLM's code for the ops it uses.
+        flash = None
+        if profile.is_micro and m.content is not None:
+            from edgec.micro import runtime_code
 
-    result = search(
-        done.source,
-        pctx,
-        evaluate=measure,
-        max_accuracy_drop=bound,
-        fits_budgets=fits_budgets,
-        reference_accuracy=reference,
-    )
+            ops = read_model(m.content, "search candidate").op_counts
+            code, estimated, _ = runtime_code(ops, profile)
+            flash = flash_figure(
+                model_bytes=m.bytes, runtime_code_bytes=code, runtime_code_estimated=estimated
+            )
+        sizes = Measurements(
+            model_bytes=Figure(value=m.bytes, source=Source.ARTIFACT), flash_bytes=flash
+        )
+        return fits(profile.budgets, sizes)
+
+    with open_executor(req.executor, req.ray_address) as executor:
+        result = run_search(
+            done.source,
+            data,
+            options=options,
+            calibration=ctx.calibration,
+            max_accuracy_drop=bound,
+            reference_accuracy=reference,
+            profile=profile,
+            fits_budgets=fits_budgets,
+            seed=req.seed,
+            epochs_scale=req.epochs_scale,
+            threads=profile.threads,
+            executor=executor,
+            log=lambda message: log(f"[{profile.name}] {message}"),
+        )
     chosen = result.chosen
     log(
         f"[{profile.name}] search chose {chosen.label!r}"
@@ -686,8 +711,7 @@ def _search(ctx: TargetContext, done: Compression, pctx: Any) -> Compression:
             else f": NO candidate met the accuracy bound {bound} and the budgets; kept the best found"
         )
     )
-    assert chosen.measurement is not None
-    content, choice = chosen.measurement.payload
+    content = result.content
     return Compression(
         source=result.model,
         recipe=done.recipe + [s.resolved() for s in chosen.steps],
@@ -695,26 +719,47 @@ def _search(ctx: TargetContext, done: Compression, pctx: Any) -> Compression:
         search={**result.to_dict(), "chosen_sha256": sha256_bytes(content)},
         search_met=result.met,
         content=content,
-        choice=choice,
     )
 
 
-def measurements_flash(report: Any) -> Figure | None:
-    if report is None:
-        return None
-    return flash_figure(
-        model_bytes=report.model_bytes,
-        runtime_code_bytes=report.runtime_code_bytes,
-        runtime_code_estimated=report.runtime_code_estimated,
+def _precision(
+    ctx: TargetContext, quantization: Quantization, source: Any
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ConvertOptions extras for a scheme chosen per layer (mixed-int4), and the plan's record."""
+    if not scheme(quantization).per_layer_int4:
+        return {}, None
+    from edgec.precision import choose_int4_layers
+
+    profile = ctx.profile
+    flat = (
+        source
+        if isinstance(source, bytes)
+        else convert(source, ConvertOptions(quantization=Quantization.FLOAT32))
     )
+    plan = choose_int4_layers(
+        flat,
+        convert_options(profile, quantization, int4_layers=()),
+        ctx.calibration,
+        ctx.data,
+        reference_accuracy=ctx.base.evaluation.metrics.get("accuracy"),
+        max_accuracy_drop=_accuracy_bound(ctx.req, profile),
+        threads=profile.threads,
+    )
+    ctx.log(
+        f"[{profile.name}] {quantization}: int4 weights on {len(plan.int4_layers)} of "
+        f"{len(plan.layers)} conv/dense layers (accuracy {_pct(plan.accuracy)}, "
+        f"all-int8 {_pct(plan.int8_accuracy)})"
+    )
+    return {"int4_layers": plan.int4_layers}, plan.to_dict()
 
 
 def convert_options(profile: Profile, quantization: Quantization, **extra: Any) -> ConvertOptions:
-    integer = quantization is Quantization.INT8
+    integer = scheme(quantization).integer_only
     return ConvertOptions(
         quantization=quantization,
         input_dtype=profile.input_dtype if integer else IODtype.FLOAT32,
         output_dtype=profile.output_dtype if integer else IODtype.FLOAT32,
+        float_fallback=profile.float_fallback,
         **extra,
     )
 
@@ -725,6 +770,7 @@ def _artifact_entry(
     content: bytes,
     ev: Evaluation,
     baseline_accuracy: float | None,
+    precision: dict[str, Any] | None = None,
 ) -> ArtifactEntry:
     info = read_model(content, file)
     metrics = dict(ev.metrics)
@@ -740,24 +786,29 @@ def _artifact_entry(
             "ops": info.op_counts,
             "param_count": info.param_count,
             "macs": info.macs(),
+            "conversion": {**conversion_facts(content), "precision": precision},
             "metrics": metrics,
         },
         f"artifacts[{file}]",
     )
 
 
-def _micro_choice(source: Any, ctx: TargetContext) -> Any:
+def _micro_choice(
+    source: Any, ctx: TargetContext, candidates: dict[str, bytes] | None = None, **extra: Any
+) -> Any:
     """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
     from edgec import micro
 
     profile, data = ctx.profile, ctx.data
     rows = min(len(data.x_val), 64)
-    candidates = micro.micro_candidates(source, profile, ctx.calibration)
+    if candidates is None:
+        candidates = micro.micro_candidates(source, profile, ctx.calibration, **extra)
     choice = micro.choose_smallest(
         candidates,
         profile,
         data.x_val[:rows],
         reference_outputs=ctx.base.evaluation.outputs[:rows],
+        firmware_elf=ctx.req.firmware_elf,
     )
     if len(candidates) > 1:
         ctx.log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")
