@@ -225,6 +225,14 @@ def _build(name: str, raw: dict[str, Any], source: str) -> Profile:
     passes = raw.get("passes", [])
     if not isinstance(passes, list) or not all(isinstance(p, dict) and "id" in p for p in passes):
         raise ProfileError(f"{source}: key 'passes' must be a list of tables with an 'id'")
+    # Pass ids and parameters are checked now, not when a build first runs the recipe.
+    from edgec.errors import RecipeError
+    from edgec.recipe import steps_from_tables
+
+    try:
+        steps_from_tables(passes, f"{source}: key 'passes'")
+    except RecipeError as exc:
+        raise ProfileError(str(exc)) from None
     runtime = enum("runtime", Runtime, raw["runtime"])
     if runtime is Runtime.TFLM and "micro" not in tables:
         tables["micro"] = Micro()
