@@ -22,7 +22,6 @@ memory and never extracted.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -34,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgec.errors import InputError, VerifyError
+from edgec.files import sha256_bytes
 from edgec.signing import SIG, SUMS, verify_signature
 
 RELEASE_JSON = "release.json"
@@ -43,8 +43,7 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
 _SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S(?:.*\S)?)")
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+sha256_hex = sha256_bytes  # the package's one sha256 helper (edgec.files)
 
 
 def format_sums(digests: Mapping[str, str]) -> bytes:

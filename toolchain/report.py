@@ -27,8 +27,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import InputError
+from edgec.files import write_atomic
 from edgec.manifest import MANIFEST, Manifest, read_manifest
 from edgec.schemes import stage_order
 
@@ -173,22 +172,6 @@ def target_dirs(build_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ writing
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_reports(artifact_dir: str | Path) -> list[Path]:
     """Write ``report.html`` and ``report.md`` into one target folder; returns their paths."""
     data = load_artifact(artifact_dir)
