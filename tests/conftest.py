@@ -126,8 +126,8 @@ REAL_BUILD_MODEL = "digits_tiny"
 
 @pytest.fixture(scope="session")
 def real_build(tmp_path_factory, digits_npz) -> Path:
-    """``OUT/digits_tiny`` written by the real build: rpi4 after the accuracy-aware search
-    (real candidates), cortex-m4 plain (TFLM fit and firmware), each with the results/ of
+    """``OUT/digits_tiny`` written by the real build: rpi4 (int8 + float16) after a low-rank
+    pass and the accuracy-aware search (real candidates), cortex-m4 plain (TFLM fit and firmware), each with the results/ of
     the real harness run on this host, and the build summary. Copy it before changing it."""
     import json
     import subprocess
@@ -162,7 +162,17 @@ def real_build(tmp_path_factory, digits_npz) -> Path:
     base = float_baseline(model, data)
     out = root / "out"
     common = {"model": path, "out": out, "data": str(digits_npz), "calibration_size": 64}
-    searched = BuildRequest(targets=("rpi4",), max_accuracy_drop=0.2, epochs_scale=0.1, **common)
+    # rpi4 with a float16 variant beside int8, a low-rank pass, then the search on top.
+    rpi4 = root / "profiles" / "rpi4.toml"
+    rpi4.parent.mkdir()
+    rpi4.write_text('extends = "rpi4"\nvariants = ["float16"]\n')
+    searched = BuildRequest(
+        targets=(str(rpi4),),
+        overrides=("lowrank:min_params=512,energy=0.8,epochs=0",),
+        max_accuracy_drop=0.2,
+        epochs_scale=0.1,
+        **common,
+    )
     plain = BuildRequest(targets=("cortex-m4",), **common)
     for req in (searched, plain):
         profile = load_profile(req.targets[0])

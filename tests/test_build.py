@@ -177,6 +177,8 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digit
         (["build", cnn_keras_file, "--data", wrong_shape], 3, "the model takes (8, 8, 1)"),
         (["build", cnn_keras_file, "--target", "rpi3"], 2, "unknown target 'rpi3'"),
         (["build", cnn_keras_file, "--target", tmp_path / "bad.toml"], 2, "unknown key 'bogus'"),
+        # A failure inside a target's build names the target and the stage.
+        (["build", cnn_keras_file, "--search"], 3, "build rpi4: stage 'compress' failed: "),
     ]
     for i, (args, code, needle) in enumerate(cases):
         if args[0] == "build":
