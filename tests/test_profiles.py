@@ -112,3 +112,16 @@ def test_a_typo_in_a_profile_pass_id_fails_when_it_loads(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and "prunee" in run.stderr and not out.exists()
+
+
+def test_every_profile_round_trips_through_its_manifest_form():
+    """A manifest's ``target`` rebuilds the profile exactly (what --from-manifest replays)."""
+    from edgec.errors import ProfileError
+    from edgec.profiles import Profile, builtin_names, load_profile
+
+    for name in builtin_names():
+        profile = load_profile(name)
+        assert Profile.from_dict(profile.to_dict()) == profile
+    broken = {**load_profile("rpi4").to_dict(), "threads": 0}
+    with pytest.raises(ProfileError, match="'threads' = 0"):
+        Profile.from_dict(broken, where="manifest.json: field 'target'")

@@ -63,6 +63,9 @@ def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
     assert md.startswith("# edgec report: digits_tiny for rpi4")
     assert "| model.tflite | int8 |" in md and "## On-device benchmarks" in md
     assert "local-litert" in md
+    # Each budget check says what measured its figure.
+    assert re.search(r"^\| max_accuracy_drop \| [^|]+ \| 0\.2 \| host \| ok \|$", md, re.M), md
+    assert re.search(r"^\| model_bytes \| [^|]+ \| [^|]+ \| artifact \| ok \|$", md, re.M)
 
 
 def test_size_stages_go_float_compressed_quantized(build: Path) -> None:

@@ -719,31 +719,27 @@ def _budget_table(items: list[ArtifactData]) -> Table:
     many = len(items) > 1
     rows = []
     for it in items:
-        b = it.manifest.get("budgets") or {}
-        for c in b.get("checks") or []:
-            if isinstance(c, dict):
-                rows.append(
-                    ([it.target] if many else [])
-                    + [
-                        fmt_num(c.get("name")),
-                        fmt_num(c.get("value")),
-                        fmt_num(c.get("limit")),
-                        "ok" if c.get("ok") else "FAILED",
-                    ]
-                )
+        for c in it.typed.budgets.checks:
+            measured = c.source or "–"
+            rows.append(
+                ([it.target] if many else [])
+                + [
+                    c.name,
+                    fmt_num(c.value),
+                    fmt_num(c.limit),
+                    measured + (" (estimate)" if c.estimate and c.source != "estimate" else ""),
+                    "ok" if c.ok else "FAILED",
+                ]
+            )
     notes = [
-        f"{it.target}: budgets {'ok' if (it.manifest.get('budgets') or {}).get('ok') else 'FAILED'}"
-        + (
-            " (kept despite failure)"
-            if (it.manifest.get("budgets") or {}).get("kept_despite_failure")
-            else ""
-        )
+        f"{it.target}: budgets {'ok' if it.typed.budgets.ok else 'FAILED'}"
+        + (" (kept despite failure)" if it.typed.budgets.kept_despite_failure else "")
+        + "".join(f"; {n}" for n in it.typed.budgets.notes)
         for it in items
-        if isinstance(it.manifest.get("budgets"), dict)
     ]
     return Table(
         title="Budgets",
-        header=(["target"] if many else []) + ["check", "value", "limit", "result"],
+        header=(["target"] if many else []) + ["check", "value", "limit", "measured by", "result"],
         rows=rows,
         note="; ".join(notes),
     )
