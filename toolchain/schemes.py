@@ -35,9 +35,14 @@ running every int4 artifact in each runtime, see ``tests/test_schemes.py``):
   planner reuses scratch space between ops). ``fully_connected_common.cc``
   refuses per-channel scales with int4 weights, so fully connected int4
   weights are per-tensor here.
-- LiteRT / TFLite kernels (``tensorflow/lite/kernels/fully_connected.cc``,
-  ``conv.cc``): int4 filters with int8 input are unpacked once at Prepare;
-  checked here on ``ai-edge-litert`` 2.3 and ``tflite-runtime`` 2.14.
+  The CMSIS-NN kernels (``kernels/cmsis_nn/conv.cc``, ``fully_connected.cc``)
+  request the same scratch buffer.
+- LiteRT / TFLite kernels: ``tensorflow/lite/kernels/conv.cc``
+  (``EvalQuantizedPerChannel``) unpacks an int4 filter into a temporary int8
+  heap buffer with ``UnpackDenseInt4IntoInt8`` on each invoke, then runs the
+  int8 kernel; fully connected int4 weights were not read in the source but are
+  run here. Both are checked by running on ``ai-edge-litert`` 2.3 and
+  ``tflite-runtime`` 2.14: flash/disk bytes shrink, compute and peak RAM do not.
 
 So int4 schemes run on every target: LiteRT boards (rpi4, rpi5, phone, x86-64)
 and TFLM boards (cortex-m4, cortex-m7, esp32-s3), with the arena cost above on
