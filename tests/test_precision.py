@@ -75,7 +75,7 @@ def test_litert_target_keeps_float_fallback_ops_and_a_microcontroller_refuses(au
     req = BuildRequest(model=model, targets=(str(board),), data=str(data), out=out)
     result = build(req, _quiet)
     assert result.ok, result.targets[0].message
-    art = result.targets[0].manifest["artifacts"][0]
+    art = result.targets[0].manifest.to_dict()["artifacts"][0]
     conv = art["conversion"]
     ops = {r["op"]: r for r in conv["float_fallback_ops"]}
     assert set(ops) == {"NEG", "SQUARE"}, ops
@@ -142,7 +142,7 @@ def test_mixed_int4_chooses_layers_by_measured_sensitivity_and_runs_on_each_targ
     result = build(req, _quiet)
     assert result.ok, [t.message for t in result.targets]
     for t in result.targets:
-        art = t.manifest["artifacts"][0]
+        art = t.manifest.to_dict()["artifacts"][0]
         plan = art["conversion"]["precision"]
         bound = 0.01 if t.target == "rpi4" else 0.02
         assert plan["max_accuracy_drop"] == bound
@@ -158,7 +158,7 @@ def test_mixed_int4_chooses_layers_by_measured_sensitivity_and_runs_on_each_targ
         # accuracy the shipped artifact has.
         assert plan["reference_accuracy"] - plan["accuracy"] <= bound + 1e-9
         assert art["metrics"]["accuracy"] == pytest.approx(plan["accuracy"], abs=1e-6)
-    micro = result.targets[1].manifest["micro"]
+    micro = result.targets[1].manifest.to_dict()["micro"]
     # It ran in TFLM, agreeing with LiteRT, and the RAM report counts the int4 unpacking.
     assert micro["agreement"]["ok"]
     assert micro["ram"]["int4_unpack_scratch_bytes"] > 0
