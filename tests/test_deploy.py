@@ -726,3 +726,31 @@ def test_group_all_unreachable_json_names_each_failure(env, models, tmp_path):
         "bench", str(models["tiny"]), "--group", "nope", "--devices", str(devs), "--json"
     )
     assert code == 2 and json.loads(out)["exit_code"] == 2  # the same envelope as build
+
+
+def test_a_harness_crash_over_ssh_names_the_signal(env, models, tmp_path):
+    """SSH drops a command's exit signal; the device helper names it instead."""
+    from test_harness import crashing_runtime
+
+    client, server, _ = env
+    broken = crashing_runtime(tmp_path / "broken")
+    python = tmp_path / "python-with-broken-litert"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={broken} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    devs = devices_toml(
+        tmp_path / "d.toml",
+        {"dev": device_entry(server, client, tmp_path / "w", python=str(python))},
+    )
+    code, _, err = cli(
+        "bench",
+        str(models["tiny"]),
+        "--device",
+        "dev",
+        "--devices",
+        str(devs),
+        "--runtime",
+        "litert",
+    )
+    assert code == 6 and "the harness crashed (killed by SIGSEGV, exit 139)" in err
+    assert "Fatal Python error: Segmentation fault" in err
+    assert not (models["tiny"] / "results").exists()
