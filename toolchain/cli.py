@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from edgec import __version__
+from edgec.deploy import RUNTIMES
 from edgec.errors import EdgecError
 from edgec.schemes import Quantization
 from edgec.schemes import names as scheme_names
@@ -542,7 +543,7 @@ def deploy(
 )
 @click.option(
     "--runtime",
-    type=click.Choice(["auto", "litert", "tflite-runtime", "tflm"]),
+    type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
     help="Interpreter on the device; auto takes the first that loads and runs the model "

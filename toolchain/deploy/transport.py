@@ -80,7 +80,9 @@ class Transport(Protocol):
 
     label: str  # for messages: "local", "pi@10.0.0.5:22"
     # Set when the transport knows the device is an emulator ("qemu-aarch64"):
-    # its timings are an emulator's, never judged against a latency budget.
+    # its timings are an emulator's, never judged against a latency budget. Such
+    # a transport also sets $EDGEC_EMULATED (the same name) for the programs it
+    # runs, so the harness's own record says so too.
     emulated: str | None
 
     @classmethod
