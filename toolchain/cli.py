@@ -20,6 +20,8 @@ import click
 
 from edgec import __version__
 from edgec.errors import EdgecError
+from edgec.schemes import Quantization
+from edgec.schemes import names as scheme_names
 
 
 class _Group(click.Group):
@@ -211,6 +213,11 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     show_default=True,
     help="Representative samples drawn from the training data for int8 calibration.",
 )
+@click.option(
+    "--quantization",
+    type=click.Choice(scheme_names()),
+    help="Use this quantization scheme instead of each target profile's (one build).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--firmware-elf",
@@ -230,6 +237,7 @@ def build(
     max_accuracy_drop: float | None,
     keep_failed: bool,
     calibration_size: int,
+    quantization: str | None,
     seed: int,
     firmware_elf: Path | None,
     as_json: bool,
@@ -245,6 +253,7 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "quantization": None if quantization is None else Quantization(quantization),
         "firmware_elf": firmware_elf,
     }
     with _json_errors(as_json):

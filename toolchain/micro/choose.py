@@ -69,22 +69,26 @@ class Choice:
         return "\n".join(lines)
 
 
-def micro_candidates(source: Any, profile: Profile, calibration: np.ndarray) -> dict[str, bytes]:
-    """Full-int8 conversions of ``source`` that differ only in fully connected weight scales.
+def micro_candidates(
+    source: Any, profile: Profile, calibration: np.ndarray, **extra: Any
+) -> dict[str, bytes]:
+    """Conversions of ``source`` in the profile's scheme that differ only in dense weight scales.
 
     Per-tensor scales store one float per dense layer instead of one per output
     unit; on TFLM that means smaller flatbuffers and smaller persistent op data.
+    ``extra`` goes to ``ConvertOptions`` (e.g. the int4 layers of mixed-int4).
     """
     from edgec.convert import ConvertOptions, convert
-    from edgec.profiles import Quantization
 
     out: dict[str, bytes] = {}
     for label, per_channel in (("per-channel dense", True), ("per-tensor dense", False)):
         opts = ConvertOptions(
-            quantization=Quantization.INT8,
+            quantization=profile.quantization,
             input_dtype=profile.input_dtype,
             output_dtype=profile.output_dtype,
             per_channel_dense=per_channel,
+            float_fallback=profile.float_fallback,
+            **extra,
         )
         content = convert(source, opts, calibration)
         if content not in out.values():  # a model without dense layers converts the same way
@@ -123,7 +127,7 @@ def choose_smallest(
     for k in candidates:
         try:
             extra = {} if firmware_elf is None else {"firmware_elf": firmware_elf}
-            where = f"{profile.name} int8 artifact ({k})"  # messages name the candidate
+            where = f"{profile.name} {profile.quantization} artifact ({k})"  # names the candidate
             reports[k] = make(candidates[k], profile, x, where=where, trusted=trusted, **extra)
         except BudgetError as exc:  # over a lower bound: TFLM never ran it
             too_big[k] = exc
