@@ -45,6 +45,10 @@ class BuildRequest:
     epochs_scale: float = 1.0
     quantization: Quantization | None = None  # replaces every profile's scheme for this build
     firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
+    # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
+    trust_model: bool = False
+    executor: str = "local"  # where the search's candidates run: local | ray (edgec.executor)
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +131,7 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         raise InputError("no target given; use --target (see `edgec targets`)")
     if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
         raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
-    model = load_model(req.model)
+    model = load_model(req.model, trust=req.trust_model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
@@ -229,7 +233,12 @@ def _compress(
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
     ctx = PassContext(
-        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+        data=data,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        log=log,
+        trust_model=req.trust_model,
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
     done = Compression(
@@ -250,8 +259,8 @@ def _search(
     calibration: Any,
     log: Log,
 ) -> Compression:
-    from edgec.evaluate import gzip_size
-    from edgec.search import Measurement, search
+    from edgec.executor import open_executor
+    from edgec.search import run_search
 
     if not data.labeled or base.metrics.get("accuracy") is None:
         raise InputError("the accuracy-aware search needs labeled data: give --data")
@@ -261,29 +270,23 @@ def _search(
     options = convert_options(
         profile, profile.quantization, **({"int4_layers": ()} if per_layer else {})
     )
-
-    def measure(candidate: Any, label: str) -> Measurement:
-        content = convert(candidate, options, calibration)
-        m = evaluate(content, data, threads=profile.threads).metrics
-        log(
-            f"[{profile.name}] search {label}: {len(content):,} bytes, accuracy {_pct(m['accuracy'])}"
-        )
-        return Measurement(
-            bytes=len(content),
-            gzip_bytes=gzip_size(content),
-            accuracy=m["accuracy"],
-            host_latency_ms=m.get("host_latency_ms"),
-        )
-
     limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
-    result = search(
-        done.source,
-        ctx,
-        evaluate=measure,
-        max_accuracy_drop=bound,
-        fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
-        reference_accuracy=base.metrics["accuracy"],
-    )
+    with open_executor(req.executor, req.ray_address) as executor:
+        result = run_search(
+            done.source,
+            data,
+            options=options,
+            calibration=calibration,
+            max_accuracy_drop=bound,
+            reference_accuracy=base.metrics["accuracy"],
+            profile=profile,
+            fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
+            seed=req.seed,
+            epochs_scale=req.epochs_scale,
+            threads=profile.threads,
+            executor=executor,
+            log=lambda message: log(f"[{profile.name}] {message}"),
+        )
     chosen = result.chosen
     log(
         f"[{profile.name}] search chose {chosen.label!r}"

@@ -193,12 +193,24 @@ def _keras_converter(tf: Any, model: Any) -> Any:
 
     A free batch dimension makes the converter emit SHAPE/STRIDED_SLICE/PACK
     ops around every Flatten; a device runs one sample at a time, and the
-    static graph is smaller and runs on TFLM's kernels as they are.
+    static graph is smaller and runs on TFLM's kernels as they are. A tf-keras
+    model (the legacy fallback) cannot be called on a Keras 3 input: it is
+    traced as a concrete function on a batch-1 TensorSpec instead.
     """
-    import keras
-
     inputs = model.inputs if isinstance(model.inputs, list) else [model.inputs]
-    if len(inputs) == 1 and all(d is not None for d in inputs[0].shape[1:]):
+    static = len(inputs) == 1 and all(d is not None for d in inputs[0].shape[1:])
+    if type(model).__module__.startswith("tf_keras"):
+        spec = [
+            tf.TensorSpec((1 if static else None, *t.shape[1:]), t.dtype, name=t.name.split(":")[0])
+            for t in inputs
+        ]
+        call = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
+        return tf.lite.TFLiteConverter.from_concrete_functions(
+            [call.get_concrete_function(*spec)], model
+        )
+    if static:
+        import keras
+
         fixed = keras.Input(
             batch_shape=(1, *inputs[0].shape[1:]),
             dtype=inputs[0].dtype,
