@@ -123,11 +123,18 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
     profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
+    if req.recipe is not None or req.overrides:
+        from edgec.recipe import resolve_recipe
+
+        for profile in profiles:  # a bad --recipe or --pass fails before any work, too
+            resolve_recipe(profile, req.recipe, req.overrides)
     model = load_model(req.model, trust=req.trust_model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
     _check_labels(model, data)
+    if (req.search or req.max_accuracy_drop is not None) and not data.labeled:
+        raise InputError("the accuracy-aware search needs labeled data: give --data")
     if data.synthetic:
         log(
             "note: no data given: calibration uses seeded random inputs, and accuracy cannot be measured"
@@ -240,8 +247,6 @@ def _search(
     from edgec.evaluate import gzip_size
     from edgec.search import Measurement, search
 
-    if not data.labeled or base.metrics.get("accuracy") is None:
-        raise InputError("the accuracy-aware search needs labeled data: give --data")
     bound = req.max_accuracy_drop
     if bound is None:
         bound = (
