@@ -150,6 +150,7 @@ def inputs(tmp_path_factory, cnn_keras_file, cnn_model, digits, digits_npz) -> I
     )
     _write(d / "int8.tflite", int8)
     _write(d / "notes.txt", "a .tflite this is not")
+    os.mkfifo(d / "fifo.tflite")  # reading it would block forever
 
     # ---- data
     np.savez(d / "xy_lengths.npz", x=x, y=y[:-7])
@@ -246,6 +247,7 @@ CASES: dict[str, tuple[str, str, int]] = {
     "model-truncated-tflite": (M, "build {r}/cut.tflite -o out", 3),
     "model-empty-tflite": (M, "build {r}/empty.tflite -o out", 3),
     "model-int8-tflite": (M, "build {r}/int8.tflite -o out", 3),
+    "model-fifo": (M, "build {r}/fifo.tflite -o out", 3),
     "data-missing": (D, "build {keras} -d {r}/missing.npz -o out", 3),
     "data-csv": (D, "build {keras} -d {r}/data.csv -o out", 3),
     "data-junk-npz": (D, "build {keras} -d {r}/junk.npz -o out", 3),
@@ -314,6 +316,8 @@ CASES: dict[str, tuple[str, str, int]] = {
     "inspect-empty": (INS, "inspect {r}/empty.tflite --json", 3),
     "inspect-garbage": (INS, "inspect {r}/garbage.tflite", 3),
     "inspect-missing": (INS, "inspect {r}/missing.tflite", 2),
+    "inspect-dev-zero": (INS, "inspect /dev/zero", 3),
+    "inspect-fifo": (INS, "inspect {r}/fifo.tflite", 3),
 }
 
 
