@@ -20,6 +20,8 @@ import click
 
 from edgec import __version__
 from edgec.errors import EdgecError
+from edgec.schemes import Quantization
+from edgec.schemes import names as scheme_names
 
 
 class _Group(click.Group):
@@ -274,7 +276,18 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     show_default=True,
     help="Representative samples drawn from the training data for int8 calibration.",
 )
+@click.option(
+    "--quantization",
+    type=click.Choice(scheme_names()),
+    help="Use this quantization scheme instead of each target profile's (one build).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your linked firmware (.elf) around firmware/: judge microcontroller flash and RAM "
+    "on its measured sections instead of the estimate.",
+)
 @click.option(
     "--trust-model",
     is_flag=True,
@@ -293,7 +306,9 @@ def build(
     max_accuracy_drop: float | None,
     keep_failed: bool,
     calibration_size: int,
+    quantization: str | None,
     seed: int,
+    firmware_elf: Path | None,
     trust_model: bool,
     as_json: bool,
 ) -> None:
@@ -308,6 +323,8 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "quantization": None if quantization is None else Quantization(quantization),
+        "firmware_elf": firmware_elf,
         "trust_model": trust_model,
     }
     with _json_errors(as_json):
@@ -341,13 +358,18 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 @click.option(
     "--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets."
 )
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --target: measure flash and static RAM from this linked firmware (.elf).",
+)
 @_JSON
-def inspect(model: Path, target: str | None, as_json: bool) -> None:
+def inspect(model: Path, target: str | None, firmware_elf: Path | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
     from edgec.inspect import inspect_tflite
 
     with _json_errors(as_json):
-        report = inspect_tflite(model, target)
+        report = inspect_tflite(model, target, firmware_elf=firmware_elf)
     if as_json:
         emit_json(report.to_dict())
     else:

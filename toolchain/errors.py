@@ -95,6 +95,10 @@ class DeviceError(EdgecError):
     exit_code = ExitCode.DEVICE
 
 
+class ClusterError(DeviceError):
+    """A compute cluster (Ray) for the search could not be reached or joined."""
+
+
 class VerifyError(EdgecError):
     """A bundle or artifact failed a checksum, signature or manifest check."""
 

@@ -563,6 +563,6 @@ def _tflite(path: Path) -> LoadedModel:
         convert_source=content,
         **io_shapes,
         notes=(
-            ".tflite input: quantized with ai-edge-quantizer; compression passes need a Keras 3 model",
+            ".tflite input: quantized with litert-quantizer; compression passes need a Keras 3 model",
         ),
     )
