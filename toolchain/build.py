@@ -210,6 +210,8 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
     _check_labels(model, data)
+    if (req.search or req.max_accuracy_drop is not None) and not data.labeled:
+        raise InputError("the accuracy-aware search needs labeled data: give --data")
     if data.synthetic:
         log(
             "note: no data given: calibration uses seeded random inputs, and accuracy cannot be measured"

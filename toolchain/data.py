@@ -14,6 +14,7 @@ calibration uses seeded random inputs, and ``Dataset.synthetic`` says so.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,12 +170,13 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
 
 def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy named .npz
+            raise InputError(f"data {path}: one .npy array, not an .npz of named arrays")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise InputError(f"data {path}: not a readable .npz file ({exc})") from exc
-    except AttributeError:  # np.load of a plain .npy renamed .npz returns an array
-        raise InputError(f"data {path}: not a readable .npz file (one array, no keys)") from None
     keys = set(arrays)
     if {"x_train", "y_train", "x_val", "y_val"} <= keys:
         pairs = {name: (arrays[f"x_{name}"], arrays[f"y_{name}"]) for name in ("train", "val")}

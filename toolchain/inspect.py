@@ -59,13 +59,13 @@ class InspectReport:
 
 
 def _read(path: Path) -> bytes:
+    # Checked before reading: /dev/zero or a FIFO named x.tflite would never end.
+    if path.suffix.lower() != ".tflite" or not path.is_file():
+        raise InputError(f"{path}: expected a .tflite file")
     try:
-        content = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
-    if path.suffix.lower() != ".tflite":
-        raise InputError(f"{path}: expected a .tflite file")
-    return content
 
 
 def inspect_tflite(

@@ -65,6 +65,8 @@ def load_model(path: str | Path, *, trust: bool = False) -> LoadedModel:
         if not (path / "saved_model.pb").exists():
             raise InputError(f"model {path} is a folder without saved_model.pb; give {FORMATS}")
         return _savedmodel(path, trust)
+    if not path.is_file():  # a device or FIFO would be read forever
+        raise InputError(f"model {path} is not a regular file; give {FORMATS}")
     suffix = path.suffix.lower()
     if suffix == ".keras":
         return _keras(path, trust)
