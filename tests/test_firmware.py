@@ -318,6 +318,10 @@ def test_budgets_are_judged_on_the_measured_link(int8_model, linked, tmp_path):
     assert r.runtime_code_bytes == elf.flash_bytes - len(int8_model)
     checks = {c["name"]: c for c in r.budget_checks()}
     assert checks["flash_bytes"]["measured"] and not checks["flash_bytes"]["estimate"]
+    assert (
+        checks["flash_bytes"]["source"] == "artifact"
+        and checks["ram_bytes"]["source"] == "emulator"
+    )
     assert checks["flash_bytes"]["value"] == elf.flash_bytes
     d = r.to_dict()
     assert d["flash"]["source"] == "measured" and d["ram"]["source"].startswith("measured")

@@ -130,8 +130,12 @@ def test_flash_and_ram_budgets(report, int8_model):
     assert "estimate" in text and "kTensorArenaSize" in text and "10% margin" in text
     assert f"kTensorArenaSize {report.arena_recommended:,}" in report.summary_line()
     bc = {c["name"]: c for c in report.budget_checks()}
-    assert bc["flash_bytes"]["estimate"] and not bc["ram_bytes"]["estimate"]
-    assert bc["ram_bytes"]["value"] == report.ram_bytes and "detail" not in bc["ram_bytes"]
+    assert bc["flash_bytes"]["estimate"] and bc["flash_bytes"]["source"] == "estimate"
+    assert bc["ram_bytes"]["estimate"] and bc["ram_bytes"]["source"] == "emulator"
+    figures = report.figures()  # the budget model's figures, as edgec.budgets judged them
+    assert figures.flash_bytes.value == report.flash_bytes and figures.flash_bytes.is_estimate
+    assert figures.ram_bytes.value == report.ram_bytes and figures.ram_bytes.source == "emulator"
+    assert bc["ram_bytes"]["value"] == report.ram_bytes and not bc["ram_bytes"]["detail"]
 
 
 def test_too_little_ram_is_refused_with_numbers(int8_model, digits, tmp_path, report):

@@ -19,7 +19,6 @@ from edgec.micro.costs import CostTable, cost_table, load_cost_table, runtime_co
 from edgec.micro.elf import ElfSizes, read_elf
 from edgec.micro.report import (
     Agreement,
-    Check,
     LowerBounds,
     MicroReport,
     fit_report,
@@ -35,7 +34,6 @@ __all__ = [
     "Agreement",
     "Allocation",
     "Candidate",
-    "Check",
     "Choice",
     "CostTable",
     "ElfSizes",

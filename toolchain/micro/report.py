@@ -11,12 +11,20 @@ ones edgec built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgec.budgets import (
+    BudgetCheck,
+    Figure,
+    Measurements,
+    Source,
+    check_budgets,
+    flash_figure,
+)
 from edgec.errors import BudgetError, ConversionError, InputError
 from edgec.micro.costs import cost_table, runtime_code
 from edgec.micro.elf import ElfSizes, read_elf
@@ -42,17 +50,6 @@ def tensor_bytes(t: Tensor) -> int:
     if t.dtype == "int4":  # two weights a byte in the flatbuffer (TFLM unpacks them in RAM)
         return (t.elements + 1) // 2
     return t.elements * _DTYPE_BYTES.get(t.dtype, 4)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Check:
-    name: str
-    limit: int | None
-    value: int
-    ok: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "limit": self.limit, "value": self.value, "ok": self.ok}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +162,7 @@ class MicroReport:
     interpreter_ram_bytes: int
     flash_bytes: int
     ram_bytes: int
-    checks: tuple[Check, ...]
+    checks: tuple[BudgetCheck, ...]  # edgec.budgets judged them (see ``figures``)
     agreement: Agreement | None
     inputs_source: str  # "given" or "synthetic (seeded random)"
     invoke_ms_median: float | None
@@ -184,6 +181,24 @@ class MicroReport:
     def measured(self) -> bool:
         """Flash and RAM come from a linked ELF (``--firmware-elf``)."""
         return self.firmware is not None
+
+    def figures(self) -> Measurements:
+        """Flash and RAM as the budget model's figures, each with what measured it and, for
+        a failed check, the line that names the numbers (``check_budgets`` input)."""
+        details = self._details()
+        return measurements(
+            model_bytes=self.model_bytes,
+            code=self.runtime_code_bytes,
+            ram=self.ram_bytes,
+            flash_source=self.flash_source,
+            measured=self.measured,
+            flash_detail=details.get("flash_bytes", ""),
+            ram_detail=details.get("ram_bytes", ""),
+        )
+
+    def _details(self) -> dict[str, str]:
+        failed = [c for c in self.checks if not c.ok]
+        return {c.name: line for c, line in zip(failed, self.failures(), strict=True)}
 
     @property
     def flash_source(self) -> str:
@@ -276,14 +291,10 @@ class MicroReport:
     def budget_checks(self) -> list[dict[str, Any]]:
         """The flash and RAM checks for the manifest's ``budgets.checks``; a failed one
         carries ``detail``: the numbers and the biggest contributors, one line."""
-        details = {
-            c.name: line
-            for c, line in zip([c for c in self.checks if not c.ok], self.failures(), strict=True)
-        }
+        details = self._details()
         return [
             {
                 **c.to_dict(),
-                "estimate": c.name == "flash_bytes" and self.flash_source == "estimate",
                 "measured": self.measured,
                 **({"detail": details[c.name]} if c.name in details else {}),
             }
@@ -493,6 +504,49 @@ def lower_bounds(content: bytes, info: ModelInfo) -> LowerBounds:
     return LowerBounds(flash_bytes=len(content), ram_bytes=best[0], op=best[1], tensors=best[2])
 
 
+def measurements(
+    *,
+    model_bytes: int,
+    code: int,
+    ram: int,
+    flash_source: str,
+    measured: bool,
+    flash_detail: str = "",
+    ram_detail: str = "",
+) -> Measurements:
+    """The fit report's flash and RAM as ``edgec.budgets`` figures.
+
+    Flash counted from a linked ELF or the profile's own code figure is an artifact
+    count; from edgec's table, an estimate. RAM is the arena TFLM measured on the host
+    (the target's runtime off the target: ``Source.EMULATOR``) plus RAM outside it,
+    which is estimated unless a linked ELF measured it.
+    """
+    if flash_source == "measured":
+        flash_fig = Figure(
+            value=model_bytes + code,
+            source=Source.ARTIFACT,
+            what=f"model {model_bytes:,} + code {code:,} measured from the firmware ELF",
+        )
+    else:
+        flash_fig = flash_figure(
+            model_bytes=model_bytes,
+            runtime_code_bytes=code,
+            runtime_code_estimated=flash_source == "estimate",
+        )
+    ram_fig = Figure(
+        value=ram,
+        source=Source.EMULATOR,
+        estimate=not measured,
+        what="firmware ELF data + bss, arena by TFLM on the host"
+        if measured
+        else "TFLM arena on the host + interpreter objects (estimate)",
+    )
+    return Measurements(
+        flash_bytes=replace(flash_fig, detail=flash_detail),
+        ram_bytes=replace(ram_fig, detail=ram_detail),
+    )
+
+
 def measured_sizes(
     elf: ElfSizes, model_bytes: int, arena_bytes: int
 ) -> tuple[int, int, int, list[str]]:
@@ -675,21 +729,16 @@ def _report(
         code, flash, ram, elf_notes = measured_sizes(elf, len(content), arena_rec)
         estimated = False
         notes += elf_notes
-    b = profile.budgets
-    checks = (
-        Check(
-            name="flash_bytes",
-            limit=b.flash_bytes,
-            value=flash,
-            ok=b.flash_bytes is None or flash <= b.flash_bytes,
+    checks = check_budgets(
+        profile.budgets,
+        measurements(
+            model_bytes=len(content),
+            code=code,
+            ram=ram,
+            flash_source="measured" if elf else ("estimate" if estimated else "profile"),
+            measured=elf is not None,
         ),
-        Check(
-            name="ram_bytes",
-            limit=b.ram_bytes,
-            value=ram,
-            ok=b.ram_bytes is None or ram <= b.ram_bytes,
-        ),
-    )
+    ).checks
     table = cost_table()
     if estimated:
         notes.append(
