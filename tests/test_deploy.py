@@ -671,6 +671,11 @@ def test_a_crashing_runtime_is_survived_and_named(env, models, tmp_path, monkeyp
     skipped = {c["name"]: c for c in result["runtime_candidates"]}["litert"]
     assert skipped["status"] == "crashed" and "SIGSEGV" in skipped["detail"]
     assert "runtime litert skipped: crashed: killed by SIGSEGV" in err
+    # The verdict is kept beside the deployed model: the next bench does not crash it again.
+    code, out, err = cli("bench", str(art), "--runs", "3", "--json")
+    assert code == 0, err
+    again = {c["name"]: c for c in json.loads(out)["devices"][0]["result"]["runtime_candidates"]}
+    assert again["litert"]["status"] == "crashed" and again["litert"]["cached"] is True
 
     # Chosen explicitly, it kills the harness: the error names the signal and what it said.
     code, _, err = cli("bench", str(art), "--runs", "3", "--runtime", "litert")
