@@ -35,7 +35,6 @@ deploy removes; never a file at the final name with the wrong bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import secrets
@@ -47,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgec.deploy.devices import Device, DeviceKind
 from edgec.errors import DeviceError
+from edgec.files import sha256_file
 
 LineSink = Callable[[str], None]
 ProgressSink = Callable[[int, int], None]
@@ -146,14 +146,6 @@ _OPENERS: dict[DeviceKind, Callable[[], type[Transport]]] = {
 def quote_command(argv: list[str]) -> str:
     """One POSIX shell command line in which every argument is quoted (never injected)."""
     return " ".join(shlex.quote(str(a)) for a in argv)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # The device-side helper. Kept to the standard library and to Python 3.8
