@@ -53,24 +53,38 @@ def _artifact(folder: Path, content: bytes, target: dict | None, name: str) -> P
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny artifact folder (x86-64 target) and a ~4 MB bare .tflite for upload tests."""
+def models(tmp_path_factory, digits_npz) -> dict[str, Path]:
+    """A tiny artifact folder written by the real build (x86-64 target) and a ~4 MB bare
+    .tflite for upload tests."""
     import keras
 
-    from edgec.profiles import load_profile
+    from edgec.build import BuildRequest, build_target, float_baseline
+    from edgec.data import load_dataset
+    from edgec.loaders import load_model
+    from edgec.profiles import Quantization, load_profile
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("artifacts")
     tiny = keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name="tiny"
     )
+    tiny.save(root / "tiny.keras")
+    data = load_dataset(digits_npz, (8, 8, 1))
+    model = load_model(root / "tiny.keras")
+    req = BuildRequest(
+        model=root / "tiny.keras",
+        targets=("x86-64",),
+        out=root / "out",
+        data=str(digits_npz),
+        calibration_size=32,
+        quantization=Quantization.FLOAT32,  # no accuracy lost: the build passes untrained
+    )
+    built = build_target(
+        req, load_profile("x86-64"), model, data, float_baseline(model, data), log=lambda _: None
+    )
+    assert built.ok and built.directory is not None, built.message
     big = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(10)])
-    out = {
-        "tiny": _artifact(
-            root / "tiny" / "x86-64", _convert(tiny), load_profile("x86-64").to_dict(), "tiny"
-        ),
-        "big": root / "big.tflite",
-    }
+    out = {"tiny": built.directory, "big": root / "big.tflite"}
     out["big"].write_bytes(_convert(big))
     return out
 
@@ -209,7 +223,7 @@ def test_bench_end_to_end_over_ssh(env, models, tmp_path):
 
     import numpy as np
 
-    np.save(tmp_path / "x in.npy", np.ones((1, 16), np.float32))
+    np.save(tmp_path / "x in.npy", np.ones((1, 8, 8, 1), np.float32))
     code, _, err = cli(
         "bench",
         str(art),
@@ -654,7 +668,8 @@ def test_emulated_latency_is_never_judged(env, models, tmp_path, monkeypatch):
     result = json.loads((art / "results" / "bench-local.json").read_text())
     assert result["measured"]["emulated"] == "qemu-x86_64"
     assert [c["name"] for c in result["budgets"]["checks"]] == ["ram_bytes"]
-    assert "latency_ms not judged: the device is emulated" in result["budgets"]["note"]
+    note = result["budgets"]["note"]
+    assert "latency_ms not judged" in note and "measured on the emulator" in note
     assert "emulated (qemu-x86_64)" in out
 
 
@@ -671,6 +686,11 @@ def test_a_crashing_runtime_is_survived_and_named(env, models, tmp_path, monkeyp
     skipped = {c["name"]: c for c in result["runtime_candidates"]}["litert"]
     assert skipped["status"] == "crashed" and "SIGSEGV" in skipped["detail"]
     assert "runtime litert skipped: crashed: killed by SIGSEGV" in err
+    # The verdict is kept beside the deployed model: the next bench does not crash it again.
+    code, out, err = cli("bench", str(art), "--runs", "3", "--json")
+    assert code == 0, err
+    again = {c["name"]: c for c in json.loads(out)["devices"][0]["result"]["runtime_candidates"]}
+    assert again["litert"]["status"] == "crashed" and again["litert"]["cached"] is True
 
     # Chosen explicitly, it kills the harness: the error names the signal and what it said.
     code, _, err = cli("bench", str(art), "--runs", "3", "--runtime", "litert")

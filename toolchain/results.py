@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgec.budgets import BudgetCheck
 from edgec.errors import InputError
 
 BENCH_SCHEMA = "edgec.bench/2"
@@ -232,33 +233,11 @@ class Measured:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchCheck:
-    """One budget judged on the device: the measured value against the profile's limit."""
-
-    name: str
-    limit: float
-    value: float
-    ok: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "limit": self.limit, "value": self.value, "ok": self.ok}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> BenchCheck:
-        return cls(
-            name=_get(d, "name", str, where),
-            limit=float(_get(d, "limit", _NUM, where)),
-            value=float(_get(d, "value", _NUM, where)),
-            ok=_get(d, "ok", bool, where),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
 class BenchBudgets:
     """The device-side verdict; ``notes`` say which budgets were not judged, and why."""
 
     profile: str | None = None
-    checks: tuple[BenchCheck, ...] = ()
+    checks: tuple[BudgetCheck, ...] = ()  # edgec.budgets' verdicts
     notes: tuple[str, ...] = ()
 
     @property
@@ -283,7 +262,7 @@ class BenchBudgets:
         return cls(
             profile=_get(d, "profile", str, w, optional=True),
             checks=tuple(
-                BenchCheck.from_dict(c, f"{w}.checks[{i}]") if isinstance(c, dict) else _bad(w, i)
+                BudgetCheck.from_dict(c, f"{w}.checks[{i}]") if isinstance(c, dict) else _bad(w, i)
                 for i, c in enumerate(checks)
             ),
             notes=tuple(note.split("; ")) if note else (),

@@ -456,13 +456,73 @@ def try_runtime(name: str, model: str, threads: int, arena: int | None) -> dict[
     }
 
 
+_DISTS = {
+    "litert": ("ai_edge_litert", "ai-edge-litert"),
+    "tflite_runtime": ("tflite_runtime", "tflite-runtime"),
+    "tflm": ("tflite_micro", "tflite-micro"),
+}
+
+
+def runtime_key(name: str) -> str | None:
+    """Which installed runtime this is (version, where it lives, which Python), found
+    without importing it; None when it is not installed."""
+    import importlib.util
+
+    module, dist = _DISTS[name]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    return f"{name} {_version(dist)} {spec.origin} {sys.executable}"
+
+
+def _read_cache(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: str | None, data: dict[str, Any]) -> None:
+    if not path:
+        return
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only folder only costs the next run its check again
+
+
 def select_runtime(
-    model: str, threads: int, arena: int | None, say: Any = log
+    model: str, threads: int, arena: int | None, say: Any = log, cache: str | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
-    """``--runtime auto``: the first runtime that loads and runs ``model`` in a child."""
+    """``--runtime auto``: the first runtime that loads and runs ``model`` in a child.
+
+    With ``cache`` (a JSON file beside the deployed model, so per model bytes) a
+    verdict for the same installed runtime is reused: a warm benchmark pays for
+    no child, and a runtime that crashed on this model is not tried again.
+    """
+    known = _read_cache(cache)
     tried = []
     for name in AUTO_ORDER:
-        got = try_runtime(name, model, threads, arena)
+        key = runtime_key(name)
+        if key is None:
+            got = {"name": name, "status": "not installed", "version": None, "detail": ""}
+        elif isinstance(known.get(key), dict):
+            got = {**known[key], "cached": True}
+        else:
+            got = try_runtime(name, model, threads, arena)
+            if got["status"] != "timed out":
+                known[key] = got
+                _write_cache(cache, known)
         tried.append(got)
         if got["status"] == "ok":
             return name, tried
@@ -470,7 +530,10 @@ def select_runtime(
             say(f"runtime {name} skipped: {got['status']}: {got['detail']}")
     raise HarnessError(
         "no TFLite runtime could load and run this model ("
-        + "; ".join(f"{t['name']}: {t['status']}: {t['detail']}" for t in tried)
+        + "; ".join(
+            f"{t['name']}: {t['status']}" + (f": {t['detail']}" if t["detail"] else "")
+            for t in tried
+        )
         + "); install one with: pip install ai-edge-litert",
         4 if all(t["status"] == "not installed" for t in tried) else 3,
     )
@@ -618,6 +681,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
     )
     p.add_argument(
+        "--load-check-cache",
+        help="auto: reuse (and record) each runtime's load-and-run verdict in this JSON file",
+    )
+    p.add_argument(
         "--check-runtimes",
         action="store_true",
         help="load and run a tiny embedded model in each runtime; print which run",
@@ -671,7 +738,9 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
     candidates: list[dict[str, Any]] = []
     choice = args.runtime
     if choice == "auto":
-        choice, candidates = select_runtime(args.model, args.threads, args.arena_bytes, say)
+        choice, candidates = select_runtime(
+            args.model, args.threads, args.arena_bytes, say, args.load_check_cache
+        )
     name, obj, version = import_runtime(choice)
     say(f"runtime {name} {version}")
     rss_before = rss_bytes()

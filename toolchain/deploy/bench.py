@@ -20,12 +20,14 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgec import __version__
+from edgec.budgets import Figure, Measurements, Source
+from edgec.budgets import check_budgets as judge
 from edgec.deploy.devices import Device
 from edgec.deploy.options import Artifact, BenchOptions, Log, budget_profile, is_micro, quiet
 from edgec.deploy.protocol import NotReady, harness_args, run_harness
@@ -33,14 +35,8 @@ from edgec.deploy.provision import facts_of, probe_device, python_candidates, re
 from edgec.deploy.publish import deployment, planned_uploads
 from edgec.deploy.transport import Transfer, Transport, connect, transfer_for
 from edgec.errors import DeviceError, EdgecError, InputError
-from edgec.results import (
-    BENCH_SCHEMA,
-    BenchBudgets,
-    BenchCheck,
-    BenchResult,
-    Measured,
-    normalize_arch,
-)
+from edgec.profiles import Budgets
+from edgec.results import BENCH_SCHEMA, BenchBudgets, BenchResult, Measured, normalize_arch
 
 HARNESS_RUNTIME = {"tflite-runtime": "tflite_runtime"}
 
@@ -85,47 +81,46 @@ def check_budgets(
 ) -> BenchBudgets:
     """Latency (steady p50) and RAM (peak RSS) against the profile's budgets.
 
-    Only what the device itself measured is judged: not an emulator's latency,
-    not a host TFLM's latency or RSS standing in for a microcontroller, and
-    nothing of a device whose arch is not the profile's.
+    The judgement is ``edgec.budgets``'s, from figures that say what measured
+    them: only the device's own latency is judged (not an emulator's, nor a host
+    TFLM's standing in for a microcontroller), and nothing of a device whose arch
+    is not the profile's.
     """
     if not profile:
         return BenchBudgets()
-    budgets = profile.get("budgets") or {}
-    latency, ram = budgets.get("latency_ms"), budgets.get("ram_bytes")
+    raw = profile.get("budgets") or {}
+    limits = Budgets(**{f.name: raw.get(f.name) for f in fields(Budgets)})
     notes: list[str] = []
-    checks: list[BenchCheck] = []
     if measured.arch_mismatch:
-        if latency is not None or ram is not None:
+        if limits.latency_ms is not None or limits.ram_bytes is not None:
             notes.append(
                 f"not judged: measured on {measured.arch}, the profile is for "
                 f"{measured.profile_arch} (--allow-arch-mismatch)"
             )
         return BenchBudgets(profile=profile.get("name"), notes=tuple(notes))
-    if latency is not None:
-        if measured.where == "host":
-            notes.append(
-                "latency_ms not judged: a host's TFLM interpreter stands in for the "
-                "microcontroller, its timing is the host's"
-            )
-        elif measured.emulated:
-            notes.append(f"latency_ms not judged: the device is emulated ({measured.emulated})")
-        else:
-            p50 = doc["steady"]["p50_ms"]
-            checks.append(
-                BenchCheck(name="latency_ms", limit=latency, value=p50, ok=p50 <= latency)
-            )
-    if ram is not None and measured.where == "host":
+    what = f"steady p50 over {doc['steady']['count']} runs, {measured.threads} thread(s)"
+    if measured.where == "host":
+        source, what = Source.EMULATOR, f"{what} on a host's TFLM, not the microcontroller"
+    elif measured.emulated:
+        source, what = Source.EMULATOR, f"{what} on an emulator ({measured.emulated})"
+    else:
+        source = Source.DEVICE
+    latency = Figure(value=doc["steady"]["p50_ms"], source=source, what=what)
+    peak = doc["memory"].get("peak_rss_bytes")
+    ram = None
+    if measured.where == "host":
         # A microcontroller's RAM budget is the arena, checked by the build's
         # TFLM fit check; a Linux process's RSS says nothing about it.
-        notes.append(
-            "ram_bytes of a TFLM target is the arena (checked by the build), not process RSS"
-        )
-    elif ram is not None:
-        peak = doc["memory"].get("peak_rss_bytes")
-        if peak is not None:
-            checks.append(BenchCheck(name="ram_bytes", limit=ram, value=peak, ok=peak <= ram))
-    return BenchBudgets(profile=profile.get("name"), checks=tuple(checks), notes=tuple(notes))
+        if limits.ram_bytes is not None:
+            notes.append(
+                "ram_bytes of a TFLM target is the arena (checked by the build), not process RSS"
+            )
+    elif peak is not None:
+        ram = Figure(value=peak, source=source, what="peak RSS of the harness process")
+    report = judge(limits, Measurements(latency_ms=latency, ram_bytes=ram))
+    return BenchBudgets(
+        profile=profile.get("name"), checks=report.checks, notes=(*report.notes, *notes)
+    )
 
 
 def check_arch(
