@@ -129,15 +129,15 @@ def real_build(tmp_path_factory, digits_npz) -> Path:
     """``OUT/digits_tiny`` written by the real build: rpi4 (int8 + float16) after a low-rank
     pass and the accuracy-aware search (real candidates), cortex-m4 plain (TFLM fit and firmware), each with the results/ of
     the real harness run on this host, and the build summary. Copy it before changing it."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
+    import dataclasses
 
     import keras
 
     from edgec.build import BuildRequest, build_target, float_baseline
     from edgec.data import load_dataset
+    from edgec.deploy.bench import bench_one
+    from edgec.deploy.devices import local_device
+    from edgec.deploy.options import BenchOptions, locate_artifact
     from edgec.loaders import load_model
     from edgec.profiles import load_profile
     from edgec.report import render_build_summary, render_reports
@@ -178,31 +178,13 @@ def real_build(tmp_path_factory, digits_npz) -> Path:
         profile = load_profile(req.targets[0])
         result = build_target(req, profile, model, data, base, log=lambda _: None)
         assert result.ok and result.directory is not None, result.message
+        # The real on-device harness, run by `edgec bench`'s code on this host as a local
+        # device; this host is not the target's board, so the result says it is mismatched.
         runtime = "tflm" if profile.is_micro else "litert"
-        with tempfile.TemporaryDirectory() as tmp:
-            doc_path = Path(tmp) / "doc.json"
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "edgec.harness",
-                    str(result.directory / "model.tflite"),
-                    "--runs",
-                    "40",
-                    "--runtime",
-                    runtime,
-                    "--quiet",
-                    "--out",
-                    str(doc_path),
-                ],
-                check=True,
-                timeout=300,
-            )
-            doc = {**json.loads(doc_path.read_text()), "device": f"local-{runtime}"}
-        (result.directory / "results").mkdir(exist_ok=True)
-        (result.directory / "results" / f"bench-{doc['device']}.json").write_text(
-            json.dumps(doc, indent=1, sort_keys=True)
-        )
+        device = dataclasses.replace(local_device(), name=f"local-{runtime}")
+        options = BenchOptions(runs=40, runtime=runtime, allow_arch_mismatch=True)
+        outcome = bench_one(locate_artifact(result.directory), device, options)
+        assert outcome.result is not None, outcome.error
         render_reports(result.directory)  # as bench does after saving a result
     render_build_summary(out / REAL_BUILD_MODEL)
     return out / REAL_BUILD_MODEL
