@@ -615,6 +615,10 @@ def _compress(ctx: TargetContext) -> Compression:
 
     from edgec.pipeline import PassContext, PassManager
 
+    # Names Keras makes up for new layers and models ("dense_3", "sequential_2") count up per
+    # process and end up in the flatbuffer: start every target from a fresh count, so that the
+    # same build in another process (--from-manifest) writes the same bytes.
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(req.seed)
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
