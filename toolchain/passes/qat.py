@@ -42,7 +42,7 @@ class QatParams:
     momentum: float = 0.99  # of the moving average of each activation range
     epochs: int = 4
     batch_size: int = 32
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         validate_params(self, "qat")
