@@ -301,10 +301,7 @@ def fine_tune(
         raise InputError(f"{description} needs labeled training data; give --data")
     check_labels(model, data.y_train)
     keras.utils.set_random_seed(int(ctx.seed))
-    n = len(data.x_train)
-    order = np.random.default_rng(int(ctx.seed)).permutation(n)
-    held = np.sort(order[: int(n * HOLD_OUT)]) if n >= HOLD_OUT_MIN else np.zeros(0, np.int64)
-    train = np.sort(order[len(held) :])
+    train, held = holdout_split(len(data.x_train), int(ctx.seed))
     y = data.y_train.astype(np.float32)[:, None]
     if teacher is not None:
         y = np.concatenate([y, np.asarray(teacher, np.float32)], axis=1)
@@ -314,7 +311,7 @@ def fine_tune(
         optimizer=keras.optimizers.Adam(schedule),
         loss=_self_distillation_loss(output_kind(model) == "logits", teacher is not None),
     )
-    best = _best_epoch(data.x_train[held], data.y_train[held], settled)
+    best = best_epoch(data.x_train[held], data.y_train[held], settled)
     model.fit(
         data.x_train[train],
         y[train],
@@ -339,6 +336,13 @@ def fine_tune(
     return facts
 
 
+def holdout_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows and held-out rows (``HOLD_OUT`` of ``n``, none below ``HOLD_OUT_MIN``)."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = np.sort(order[: int(n * HOLD_OUT)]) if n >= HOLD_OUT_MIN else np.zeros(0, np.int64)
+    return np.sort(order[len(held) :]), held
+
+
 def _self_distillation_loss(from_logits: bool, soft: bool) -> Callable[[Any, Any], Any]:
     """Labels in ``y_true[:, 0]``, the teacher's logits (when ``soft``) in the rest."""
     from keras import ops
@@ -360,7 +364,10 @@ def _self_distillation_loss(from_logits: bool, soft: bool) -> Callable[[Any, Any
     return loss
 
 
-def _best_epoch(x: np.ndarray, y: np.ndarray, settled: Callable[[], bool]) -> Any:
+def best_epoch(
+    x: np.ndarray, y: np.ndarray, settled: Callable[[], bool] = lambda: True, model: Any = None
+) -> Any:
+    """A callback keeping the best held-out epoch of ``model`` (default: the one trained)."""
     import keras
 
     class BestEpoch(keras.callbacks.Callback):
@@ -375,9 +382,10 @@ def _best_epoch(x: np.ndarray, y: np.ndarray, settled: Callable[[], bool]) -> An
         def _consider(self, epoch: int) -> None:
             if not len(y) or not settled():
                 return
-            acc = float(np.mean(np.argmax(self.model.predict(x, verbose=0), -1) == y))
+            net = model if model is not None else self.model
+            acc = float(np.mean(np.argmax(net.predict(x, verbose=0), -1) == y))
             if acc >= self.accuracy:  # ties go to the later, longer-trained epoch
-                self.weights, self.epoch, self.accuracy = self.model.get_weights(), epoch, acc
+                self.weights, self.epoch, self.accuracy = net.get_weights(), epoch, acc
 
         def on_train_begin(self, logs: Any = None) -> None:
             self._consider(0)
@@ -387,7 +395,7 @@ def _best_epoch(x: np.ndarray, y: np.ndarray, settled: Callable[[], bool]) -> An
 
         def restore(self) -> None:
             if self.weights is not None:
-                self.model.set_weights(self.weights)
+                (model if model is not None else self.model).set_weights(self.weights)
 
     return BestEpoch()
 
