@@ -103,10 +103,10 @@ def _kernels(model) -> dict[str, np.ndarray]:
 
 
 def test_registry_lists_the_four_passes() -> None:
-    assert pass_ids() == ["cluster", "distill", "lowrank", "prune", "prune-channels"]
+    assert pass_ids() == ["cluster", "distill", "lowrank", "prune", "prune-channels", "qat"]
     assert get_pass("prune") is PrunePass
     with pytest.raises(
-        RecipeError, match="valid: cluster, distill, lowrank, prune, prune-channels"
+        RecipeError, match="valid: cluster, distill, lowrank, prune, prune-channels, qat"
     ):
         get_pass("quantise")
 
@@ -139,8 +139,12 @@ def test_prune_reaches_and_keeps_sparsity_through_fine_tuning(cnn, digits) -> No
         assert result.details["sparsity_per_layer"][name] == pytest.approx(
             np.mean(k == 0), abs=1e-4
         )
-    # The masks held for every fine-tuning step: the schedule ran over all of them.
-    assert result.details["steps"] == 2 * int(np.ceil(len(digits.x_train) / 32))
+    # The masks held for every fine-tuning step (a tenth of the rows is held out to pick the
+    # best epoch); the schedule ended two thirds in, and the best epoch came after that.
+    rows = len(digits.x_train) - len(digits.x_train) // 10
+    assert result.details["steps"] == 2 * int(np.ceil(rows / 32))
+    assert result.details["end_step"] == (2 * result.details["steps"]) // 3 - 1
+    assert result.details["fine_tune"]["best_epoch"] == 2
     # Accuracy measured on the real int8 artifact; pruned kernels gzip smaller.
     pruned = _int8(model, digits)
     plain = _int8(cnn, digits)

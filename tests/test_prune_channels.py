@@ -80,7 +80,7 @@ def test_fine_tuned_residual_bn_model_has_fewer_macs_and_bytes_in_litert(digits)
     model = _residual_concat(bn=True)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(digits.x_train, digits.y_train, epochs=4, batch_size=32, verbose=0)
-    params = PruneChannelsParams(sparsity=0.5, criterion="bn_gamma", epochs=4)
+    params = PruneChannelsParams(sparsity=0.5, criterion="bn_gamma")
     pruned, records = PassManager([PruneChannelsPass(params)]).run(model, _ctx(digits))
     assert records[0].params_after < 0.4 * records[0].params_before
     assert pruned.get_layer("bn").gamma.shape[0] == 8

@@ -14,8 +14,16 @@ steady-state medians, measured side by side in one process).
 Distillation is judged against the same student architecture trained alone on
 hard labels with the same epochs and optimizer; both are averaged over seeds.
 
+Structured pruning (``--part structured``, included in ``all``): a Conv2D CNN of
+about 200k parameters on digits, and MobileNetV2 (weights=None, trained on
+digits upscaled to 32x32 as in build_ratios.py; ``--mobilenet``), each as
+float32, plain int8, and ``prune-channels`` (defaults: 50%, round_to 8) + int8.
+It records the host latency of plain int8 over prune-channels + int8 (LiteRT,
+``--threads``, interleaved medians, side by side) and on-device bytes against
+float32, at the 1-point bound.
+
     python benchmarks/suite/compression.py [--out benchmarks/results/compression.json]
-        [--threads 1] [--quick]
+        [--threads 1] [--quick] [--part all|structured] [--mobilenet]
 """
 
 from __future__ import annotations
@@ -313,12 +321,132 @@ def distillation(
     }
 
 
+def _cnn_200k(name: str = "digits_cnn_200k"):
+    """A plain Conv2D CNN of ~191k parameters for 8x8 digits."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(48, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name=name,
+    )
+
+
+def structured(case: Case, sparsities: tuple[float, ...]) -> dict[str, Any]:
+    """prune-channels (defaults besides sparsity) + int8 against plain int8 and float32."""
+    from edgec.modelinfo import read_model
+
+    case.add("plain int8", [], case.model, "int8")
+    labels = []
+    for sparsity in sparsities:
+        model, passes, details = case.run_pass("prune-channels", {"sparsity": sparsity})
+        label = f"prune-channels {sparsity:.0%} + int8"
+        case.add(label, passes, model, "int8", channels=details["channels_per_layer"])
+        labels.append(label)
+    case.latency()
+    plain = case.row("plain int8")
+    out: dict[str, Any] = {"plain_int8_macs": read_model(case.contents["plain int8"]).macs()}
+    for label in labels:
+        r = case.row(label)
+        r["macs"] = read_model(case.contents[label]).macs()
+        r["plain_int8_latency_over_latency"] = round(
+            plain["host_latency_ms"] / r["host_latency_ms"], 3
+        )
+    return out
+
+
+def structured_targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"prune_channels_50_latency_1_8x": [], "device_bytes_vs_float32": []}
+    for c in cases:
+        rows = {r["label"]: r for r in c["rows"]}
+        r50 = rows.get("prune-channels 50% + int8")
+        if r50 is not None:
+            out["prune_channels_50_latency_1_8x"].append(
+                {
+                    "case": c["case"],
+                    "plain_int8_latency_over_latency": r50["plain_int8_latency_over_latency"],
+                    "accuracy_drop": r50["accuracy_drop"],
+                    "met": r50["plain_int8_latency_over_latency"] >= 1.8
+                    and r50["accuracy_drop"] <= BOUND,
+                }
+            )
+        within = [r for r in c["rows"] if r["accuracy_drop"] <= BOUND]
+        best = max(within, key=lambda r: r["float32_bytes_over_bytes"])
+        need = 6.0 if "mobilenet" in c["case"] else 10.0
+        out["device_bytes_vs_float32"].append(
+            {
+                "case": c["case"],
+                "artifact": best["label"],
+                "float32_bytes_over_bytes": best["float32_bytes_over_bytes"],
+                "accuracy_drop": best["accuracy_drop"],
+                "target": need,
+                "met": best["float32_bytes_over_bytes"] >= need,
+            }
+        )
+    return out
+
+
+def structured_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from edgec.data import demo_dataset
+
+    digits = demo_dataset()
+    cases = []
+    cnn = _fit(_cnn_200k(), digits, 8 if args.quick else 30, 0, lr=1e-3)
+    case = Case("digits_cnn_200k", cnn, digits, args.threads)
+    facts = structured(case, (0.5, 0.6, 0.7))
+    cases.append({"case": case.name, "data": digits.describe(), **facts, "rows": case.rows})
+    if args.mobilenet:
+        from build_ratios import mobilenet_on_digits
+
+        model, data = mobilenet_on_digits(3 if args.quick else 10)
+        case = Case("mobilenet_v2_digits32", model, data, args.threads)
+        facts = structured(case, (0.5,))
+        cases.append({"case": case.name, "data": data.describe(), **facts, "rows": case.rows})
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compression.json"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer epochs and seeds (smoke run)")
+    parser.add_argument("--part", choices=("all", "structured"), default="all")
+    parser.add_argument("--mobilenet", action="store_true", help="add MobileNetV2 (slow)")
     args = parser.parse_args()
+    if args.part == "structured":
+        import keras
+
+        start = time.perf_counter()
+        cases = structured_cases(args)
+        payload = {
+            "benchmark": "compression (structured part)",
+            "quick": args.quick,
+            "method": (
+                "LiteRT on this host (edgec.runtime), validation split; latency batch 1, "
+                "5 warm-up invokes discarded, 15 interleaved rounds of 20 invokes, medians, "
+                f"{args.threads} thread(s), all artifacts of a case side by side; MACs from "
+                "edgec.modelinfo (conv, depthwise, dense)."
+            ),
+            "bound": BOUND,
+            "targets": structured_targets(cases),
+            "cases": cases,
+            "versions": {"keras": keras.__version__, "numpy": np.__version__},
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        out = args.out.with_name(args.out.stem + "_structured.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(payload["targets"], indent=2))
+        print(f"wrote {out}")
+        return
 
     import keras
 
@@ -391,6 +519,7 @@ def main() -> None:
     case.latency()
     cases.append({"case": case.name, "data": bc.describe(), **facts, "rows": case.rows})
 
+    structured_part = structured_cases(args)
     payload = {
         "benchmark": "compression",
         "quick": quick,
@@ -402,7 +531,9 @@ def main() -> None:
         ),
         "bound": BOUND,
         "targets": targets(cases),
+        "structured_targets": structured_targets(structured_part),
         "cases": cases,
+        "structured_cases": structured_part,
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "host": {
             "machine": platform.machine(),

@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "distill": ("edgec.passes.distill", "DistillPass"),
     "cluster": ("edgec.passes.cluster", "ClusterPass"),
     "prune-channels": ("edgec.passes.prune_channels", "PruneChannelsPass"),
+    "qat": ("edgec.passes.qat", "QatPass"),
 }
 
 

@@ -22,9 +22,7 @@ import numpy as np
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     KerasPass,
-    fine_tune,
     kernel_layers,
-    scaled_epochs,
     validate_params,
 )
 from edgec.pipeline import PassContext, PassResult, Requirements
@@ -139,20 +137,10 @@ class ClusterPass(KerasPass):
         ]
         if not layers:
             return PassResult(model=model, changed=False, details={"note": "no layer to cluster"})
+        teacher = self.soft_targets(model, ctx)
         clustered = [cluster_layer(layer, p) for layer in layers]
-        epochs = scaled_epochs(p.epochs, ctx)
-        details: dict[str, Any] = {"k": p.k, "fine_tune_epochs": epochs}
-        if epochs:
-            logs = fine_tune(
-                model,
-                ctx,
-                epochs=epochs,
-                batch_size=p.batch_size,
-                learning_rate=p.learning_rate,
-                callbacks=[_callback(clustered)],
-                description="cluster: fine-tuning",
-            )
-            details["train_accuracy"] = round(logs.get("accuracy", float("nan")), 4)
+        details: dict[str, Any] = {"k": p.k}
+        details["fine_tune"] = self.tune(model, ctx, teacher, callbacks=[_callback(clustered)])
         for c in clustered:
             c.snap()
         details["unique_values_per_layer"] = {

@@ -24,12 +24,15 @@ from edgec.errors import InputError, RecipeError, UnsupportedModelError
 from edgec.passes.common import (
     KerasPass,
     accuracy,
+    best_epoch,
     check_labels,
     check_supported,
+    holdout_split,
     output_kind,
     output_layer,
     restore_softmax,
     scaled_epochs,
+    steps_per_epoch,
     strip_softmax,
     validate_params,
 )
@@ -134,31 +137,38 @@ def distill(
         ),
         student_loss_weight=1.0 - float(params.alpha),
     )
-    callbacks = [keras_progress("distill: training the student", epochs)]
+    # As in every fine-tuning pass: a cosine-decayed rate, and the best epoch on held-out rows.
+    train, held = holdout_split(len(data.x_train), int(ctx.seed))
+    x_train, y_train = data.x_train[train], data.y_train[train]
+    best = best_epoch(data.x_train[held], data.y_train[held], model=student_logits)
+    steps = epochs * steps_per_epoch(len(train), params.batch_size)
+    rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, max(1, steps), alpha=0.1)
+    callbacks = [best, keras_progress("distill: training the student", epochs)]
     if params.mixup > 0:
         classes = int(teacher.outputs[0].shape[-1])
         distiller.compile(
-            optimizer=keras.optimizers.Adam(params.learning_rate),
+            optimizer=keras.optimizers.Adam(rate),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True),
             metrics=["categorical_accuracy"],
         )
-        batches = _mixup_batches(data.x_train, data.y_train, classes, params, int(ctx.seed))
+        batches = _mixup_batches(x_train, y_train, classes, params, int(ctx.seed))
         history = distiller.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
     else:
         distiller.compile(
-            optimizer=keras.optimizers.Adam(params.learning_rate),
+            optimizer=keras.optimizers.Adam(rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
         history = distiller.fit(
-            data.x_train,
-            data.y_train,
+            x_train,
+            y_train,
             batch_size=params.batch_size,
             epochs=epochs,
             shuffle=True,
             verbose=0,
             callbacks=callbacks,
         )
+    best.restore()
     trained = restore_softmax(distiller.student, like=teacher)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     return trained, logs

@@ -26,8 +26,6 @@ import numpy as np
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     KerasPass,
-    fine_tune,
-    scaled_epochs,
     validate_params,
 )
 from edgec.pipeline import PassContext, PassResult, Requirements, count_params
@@ -240,22 +238,11 @@ class LowRankPass(KerasPass):
                 changed=False,
                 details={"note": "no layer where factorizing saves parameters", "layers": {}},
             )
-        epochs = scaled_epochs(p.epochs, ctx)
         details: dict[str, Any] = {
             "layers": summary,
             "rank_by": "param_fraction" if p.param_fraction is not None else "energy",
             "params_before": count_params(model),
             "params_after": count_params(new),
-            "fine_tune_epochs": epochs,
         }
-        if epochs:
-            logs = fine_tune(
-                new,
-                ctx,
-                epochs=epochs,
-                batch_size=p.batch_size,
-                learning_rate=p.learning_rate,
-                description="lowrank: fine-tuning",
-            )
-            details["train_accuracy"] = round(logs.get("accuracy", float("nan")), 4)
+        details["fine_tune"] = self.tune(new, ctx, self.soft_targets(model, ctx))
         return PassResult(model=new, changed=True, details=details)

@@ -26,8 +26,9 @@ import numpy as np
 
 from edgec.errors import RecipeError
 from edgec.passes.common import (
+    HOLD_OUT,
+    HOLD_OUT_MIN,
     KerasPass,
-    fine_tune,
     kernel_layers,
     scaled_epochs,
     steps_per_epoch,
@@ -52,7 +53,7 @@ class PruneParams:
     initial_sparsity: float = 0.5
     final_sparsity: float = 0.8
     begin_step: int = 0
-    end_step: int | None = None  # None: the last fine-tuning step
+    end_step: int | None = None  # None: two thirds of the fine-tuning steps
     frequency: int = 10
     power: float = 3.0
     scope: Scope = Scope.LAYER
@@ -244,20 +245,21 @@ class PrunePass(KerasPass):
         epochs = scaled_epochs(p.epochs, ctx)
         total_steps = 0
         if epochs and ctx.data is not None and ctx.data.y_train is not None:
-            total_steps = epochs * steps_per_epoch(len(ctx.data.x_train), p.batch_size)
-        end_step = p.end_step if p.end_step is not None else max(p.begin_step + 1, total_steps - 1)
+            rows = len(ctx.data.x_train)
+            rows -= int(rows * HOLD_OUT) if rows >= HOLD_OUT_MIN else 0
+            total_steps = epochs * steps_per_epoch(rows, p.batch_size)
+        # By default the schedule ends two thirds in: the last third trains at the final
+        # sparsity with fixed masks, and the best of those epochs is kept.
+        default_end = max(p.begin_step + 1, (2 * total_steps) // 3 - 1)
+        end_step = p.end_step if p.end_step is not None else default_end
         masker = _Masker(layers, p, end_step)
-        logs: dict[str, float] = {}
-        if epochs:
-            logs = fine_tune(
-                model,
-                ctx,
-                epochs=epochs,
-                batch_size=p.batch_size,
-                learning_rate=p.learning_rate,
-                callbacks=[_callback(masker)],
-                description="prune: fine-tuning",
-            )
+        tuned = self.tune(
+            model,
+            ctx,
+            self.soft_targets(model, ctx),
+            callbacks=[_callback(masker)],
+            settled=lambda: masker.step > end_step,
+        )
         masker.finish()
         per_layer = {layer.name: round(sparsity_of(layer.kernel.numpy()), 4) for layer in layers}
         pruned = sum(int(np.sum(layer.kernel.numpy() == 0)) for layer in layers)
@@ -272,10 +274,8 @@ class PrunePass(KerasPass):
             "sparsity_per_layer": per_layer,
             "sparsity_pruned_layers": round(pruned / size, 4) if size else 0.0,
             "sparsity_overall": round(all_zero / all_weights, 4) if all_weights else 0.0,
-            "fine_tune_epochs": epochs,
+            "fine_tune": tuned,
         }
         if masker.skipped_2_4:
             details["left_dense_not_multiple_of_4"] = sorted(set(masker.skipped_2_4))
-        if logs:
-            details["train_accuracy"] = round(logs.get("accuracy", float("nan")), 4)
         return PassResult(model=model, changed=True, details=details)
