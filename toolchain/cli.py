@@ -20,6 +20,7 @@ import click
 
 from edgec import __version__
 from edgec.errors import EdgecError
+from edgec.executor import ExecutorKind
 
 
 class _Group(click.Group):
@@ -212,6 +213,21 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     help="Representative samples drawn from the training data for int8 calibration.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--executor",
+    type=click.Choice([k.value for k in ExecutorKind]),
+    default="local",
+    show_default=True,
+    help="Where the search's candidates run: this process, or a Ray cluster "
+    "(pip install 'edgec[distributed]').",
+)
+@click.option(
+    "--ray-address",
+    envvar="EDGEC_RAY_ADDRESS",
+    metavar="ADDRESS",
+    help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default $EDGEC_RAY_ADDRESS); "
+    "none: start a local cluster.",
+)
 @_JSON
 def build(
     model: Path | None,
@@ -225,6 +241,8 @@ def build(
     keep_failed: bool,
     calibration_size: int,
     seed: int,
+    executor: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
@@ -238,8 +256,14 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "executor": executor,
+        "ray_address": ray_address,
     }
     with _json_errors(as_json):
+        if executor == ExecutorKind.RAY:
+            from edgec.executor_ray import preflight
+
+            preflight(ray_address)  # a missing extra or a dead address fails now, not later
         if model is None:
             result = build_mod.demo(
                 out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options
