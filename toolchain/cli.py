@@ -19,12 +19,41 @@ from typing import Any
 import click
 
 from edgec import __version__
+from edgec.deploy import RUNTIMES
 from edgec.errors import EdgecError
 from edgec.executor import ExecutorKind
+from edgec.schemes import Quantization
+from edgec.schemes import names as scheme_names
 
 
 class _Group(click.Group):
-    """Turns EdgecError into one line and its exit code, unless --debug."""
+    """Turns EdgecError, and click's own usage errors, into one line and an exit code.
+
+    ``--debug`` shows an EdgecError's traceback instead. With ``--json`` on the
+    command line a usage error also prints the JSON error envelope on stdout.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            # Not standalone: click raises its errors here instead of printing usage text.
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            code = _usage_error(exc, as_json="--json" in argv)
+        except click.Abort:
+            click.echo("edgec: interrupted", err=True)
+            code = 130
+        # The commands return None; an int is the code of an explicit ctx.exit().
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,6 +66,25 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("edgec: interrupted", err=True)
             ctx.exit(130)
+
+
+def _usage_error(exc: click.ClickException, *, as_json: bool) -> int:
+    """Print a click error as edgec's one line (and the JSON envelope); return its code."""
+    from edgec.errors import ExitCode
+
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and ctx is not None:
+        click.echo(ctx.get_help())  # a bare `edgec` or `edgec device` asks for the help
+        return 0
+    # Click's own errors are all about the command line; its FileError says 1.
+    code = max(int(exc.exit_code), int(ExitCode.USAGE))
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if ctx is not None:
+        message += f"; see '{ctx.command_path} --help'"
+    if as_json:
+        emit_json({"ok": False, "error": message, "exit_code": code})
+    click.echo(f"edgec: error: {message}", err=True)
+    return code
 
 
 _USES_TENSORFLOW = {"build", "demo", "eval"}
@@ -155,10 +203,28 @@ def _finish_build(result: Any, as_json: bool) -> None:
         raise BudgetError(f"budget check failed for {failed}")
 
 
+def _output_dir(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """An output folder must be one edgec can create or write into: checked before any work.
+
+    Nothing is created here; the nearest existing ancestor must be a writable folder.
+    """
+    probe = value
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        kind = "a file" if probe.is_file() else "not a folder (a device or special file)"
+        where = "" if probe == value else f", and {value} would be inside it"
+        raise click.BadParameter(f"{probe} is {kind}{where}; give a folder", ctx, param)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"folder {probe} is not writable; give another folder", ctx, param)
+    return value
+
+
 _OUT = click.option(
     "--out",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_output_dir,
     default=Path("out"),
     show_default=True,
     help="Output folder.",
@@ -212,6 +278,11 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     show_default=True,
     help="Representative samples drawn from the training data for int8 calibration.",
 )
+@click.option(
+    "--quantization",
+    type=click.Choice(scheme_names()),
+    help="Use this quantization scheme instead of each target profile's (one build).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--executor",
@@ -228,6 +299,25 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default $EDGEC_RAY_ADDRESS); "
     "none: start a local cluster.",
 )
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your linked firmware (.elf) around firmware/: judge microcontroller flash and RAM "
+    "on its measured sections instead of the estimate.",
+)
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Load a model that carries code (Lambda layers, custom objects), as Keras's "
+    "safe_mode=False does; only for files you trust.",
+)
+@click.option(
+    "--from-manifest",
+    "replay",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rebuild the artifact a manifest.json records (its profile, recipe, seed, "
+    "calibration); MODEL and --data must be the files it records.",
+)
 @_JSON
 def build(
     model: Path | None,
@@ -240,13 +330,24 @@ def build(
     max_accuracy_drop: float | None,
     keep_failed: bool,
     calibration_size: int,
+    quantization: str | None,
     seed: int,
     executor: str,
     ray_address: str | None,
+    firmware_elf: Path | None,
+    trust_model: bool,
+    replay: Path | None,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
     from edgec import build as build_mod
+    from edgec.errors import UsageError
+
+    if replay is not None and (model is None or targets or recipe or overrides or quantization):
+        raise UsageError(
+            "--from-manifest takes MODEL (and --data), and no --target, --recipe, --pass or "
+            "--quantization: the manifest records those"
+        )
 
     options = {
         "recipe": recipe,
@@ -258,6 +359,10 @@ def build(
         "seed": seed,
         "executor": executor,
         "ray_address": ray_address,
+        "quantization": None if quantization is None else Quantization(quantization),
+        "firmware_elf": firmware_elf,
+        "trust_model": trust_model,
+        "replay": replay,
     }
     with _json_errors(as_json):
         if executor == ExecutorKind.RAY:
@@ -294,13 +399,18 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 @click.option(
     "--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets."
 )
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --target: measure flash and static RAM from this linked firmware (.elf).",
+)
 @_JSON
-def inspect(model: Path, target: str | None, as_json: bool) -> None:
+def inspect(model: Path, target: str | None, firmware_elf: Path | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
     from edgec.inspect import inspect_tflite
 
     with _json_errors(as_json):
-        report = inspect_tflite(model, target)
+        report = inspect_tflite(model, target, firmware_elf=firmware_elf)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -374,6 +484,7 @@ _DEVICE_HELP = (
     default=None,
     help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).",
 )
+@_JSON
 def deploy(
     artifact: Path,
     device: str,
@@ -381,6 +492,7 @@ def deploy(
     accept_new_host_key: bool,
     connect_timeout: float,
     allowed_signers: Path | None,
+    as_json: bool,
 ) -> None:
     """Publish an artifact (folder or .tflite) and the harness on a device over SSH.
 
@@ -389,14 +501,18 @@ def deploy(
     """
     from edgec.deploy.publish import deploy as deploy_artifact
 
-    dep = deploy_artifact(
-        artifact,
-        device,
-        devices_file=devices_file,
-        log=_log,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-        allowed_signers=allowed_signers,
-    )
+    with _json_errors(as_json):
+        dep = deploy_artifact(
+            artifact,
+            device,
+            devices_file=devices_file,
+            log=_log,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+            allowed_signers=allowed_signers,
+        )
+    if as_json:
+        emit_json({"ok": True, **dep.to_dict()})
+        return
     click.echo(
         f"{dep.device.name}: {dep.model.remote} (sha256 {dep.model.sha256[:12]}, "
         f"{'uploaded' if dep.model.uploaded else 'already deployed'})"
@@ -465,6 +581,20 @@ def deploy(
     show_default=True,
     help="Devices benchmarked at once (--group).",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="Interpreter on the device; auto takes the first that loads and runs the model "
+    "in a child process (one that crashes is skipped and named).",
+)
+@click.option(
+    "--allow-arch-mismatch",
+    is_flag=True,
+    help="Benchmark on a device whose arch is not the profile's; results are labelled "
+    "as mismatched and no latency or RAM budget is judged (default: refuse, exit 6).",
+)
 @_device_options
 @click.option(
     "--allowed-signers",
@@ -487,6 +617,8 @@ def bench(
     inputs: Path | None,
     target: str | None,
     jobs: int,
+    runtime: str,
+    allow_arch_mismatch: bool,
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
@@ -499,7 +631,7 @@ def bench(
     the report, and exits 5 when the profile's latency or RAM budget is exceeded
     (6 when a device fails; with --group the other devices still run).
     """
-    from edgec.deploy.fleet import bench as run_bench
+    from edgec.deploy import fleet
     from edgec.deploy.options import BenchOptions
 
     options = BenchOptions(
@@ -513,20 +645,27 @@ def bench(
         inputs=inputs,
         target=target,
         jobs=jobs,
+        runtime=runtime,
+        allow_arch_mismatch=allow_arch_mismatch,
         connect=_connect_options(accept_new_host_key, connect_timeout),
     )
-    outcomes = run_bench(
-        artifact,
-        device=device,
-        group=group,
-        devices_file=devices_file,
-        options=options,
-        allowed_signers=allowed_signers,
-        log=_log,
-        out=_log if as_json else click.echo,
-    )
-    if as_json:
-        emit_json([o.result for o in outcomes])
+    request = {
+        "device": device,
+        "group": group,
+        "devices_file": devices_file,
+        "options": options,
+        "allowed_signers": allowed_signers,
+        "log": _log,
+    }
+    if not as_json:
+        fleet.bench(artifact, **request, out=click.echo)
+        return
+    with _json_errors(as_json):  # bad options, artifact, device or group
+        outcomes = fleet.run_fleet(artifact, **request)
+    error = fleet.verdict(outcomes)
+    emit_json(fleet.fleet_json(outcomes, error))  # every device's result or failure
+    if error is not None:
+        raise error
 
 
 @main.group()
@@ -534,41 +673,65 @@ def device() -> None:
     """Check or prepare a device: Python, numpy and a TFLite runtime."""
 
 
+def _device_name(positional: str | None, option: str | None) -> str:
+    """NAME or --device NAME (the same device either way); default local."""
+    from edgec.errors import UsageError
+
+    if positional and option and positional != option:
+        raise UsageError(f"device given twice: {positional!r} and --device {option!r}; give one")
+    return positional or option or "local"
+
+
+_DEVICE_ARG = click.argument("name", required=False, metavar="[NAME]")
+_DEVICE_OPT = click.option(
+    "--device", "-D", "device_opt", default=None, help=_DEVICE_HELP + " [default: local]"
+)
+
+
 @device.command("check")
-@click.argument("name")
+@_DEVICE_ARG
+@_DEVICE_OPT
 @click.option("--micro", is_flag=True, help="Require the TFLM runtime (tflite-micro) instead.")
 @_device_options
 @_JSON
 def device_check(
-    name: str,
+    name: str | None,
+    device_opt: str | None,
     micro: bool,
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
     as_json: bool,
 ) -> None:
-    """Say which Python, numpy and runtimes NAME has; exit 6 when one is missing."""
+    """Say which Python, numpy and runtimes a device has; exit 6 when one is missing.
+
+    Each runtime loads and runs a tiny model in a child process on the device,
+    so "ok" means it runs; one that crashes is named with its signal.
+    """
+    from edgec.deploy.devices import resolve_device
     from edgec.deploy.provision import check_device
 
-    facts = check_device(
-        name,
-        devices_file=devices_file,
-        need_micro=micro,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-    )
+    with _json_errors(as_json):
+        name = _device_name(name, device_opt)
+        facts = check_device(
+            name,
+            devices_file=devices_file,
+            need_micro=micro,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+        )
     if as_json:
-        emit_json({"python": facts.python, **facts.probe})
+        emit_json(facts.to_dict(resolve_device(name, devices_file)))
         return
     p = facts.probe
-    rts = ", ".join(f"{k} {v}" for k, v in (p.get("runtimes") or {}).items() if v)
     click.echo(
         f"{name}: ok: {facts.python} (Python {p.get('python')}, {p.get('machine')}, "
-        f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {rts}"
+        f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {facts.runtimes_text()}"
     )
 
 
 @device.command("setup")
-@click.argument("name")
+@_DEVICE_ARG
+@_DEVICE_OPT
 @click.option(
     "--wheels",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -591,8 +754,10 @@ def device_check(
     help="The device's interpreter that creates the venv [default: python3].",
 )
 @_device_options
+@_JSON
 def device_setup(
-    name: str,
+    name: str | None,
+    device_opt: str | None,
     wheels: Path | None,
     packages: tuple[str, ...],
     system_site_packages: bool,
@@ -600,24 +765,34 @@ def device_setup(
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
+    as_json: bool,
 ) -> None:
-    """Create <workdir>/venv on NAME and pip-install numpy and ai-edge-litert into it.
+    """Create <workdir>/venv on a device and pip-install numpy and ai-edge-litert into it.
 
-    `edgec bench` then uses that venv's python automatically.
+    `edgec bench` then uses that venv's python automatically (unless the devices
+    file sets the device's python, which setup then says).
     """
+    from edgec.deploy.devices import resolve_device
     from edgec.deploy.provision import SETUP_PACKAGES, setup_device
 
-    facts = setup_device(
-        name,
-        devices_file=devices_file,
-        wheels=wheels,
-        packages=packages or SETUP_PACKAGES,
-        system_site_packages=system_site_packages,
-        python=python,
-        log=_log,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-    )
+    with _json_errors(as_json):
+        name = _device_name(name, device_opt)
+        facts = setup_device(
+            name,
+            devices_file=devices_file,
+            wheels=wheels,
+            packages=packages or SETUP_PACKAGES,
+            system_site_packages=system_site_packages,
+            python=python,
+            log=_log,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+        )
+    if as_json:
+        emit_json(facts.to_dict(resolve_device(name, devices_file)))
+        return
     click.echo(f"{name}: ready: {facts.python}")
+    for note in facts.notes:
+        click.echo(f"{name}: note: {note}")
 
 
 @main.command("devices")
@@ -655,6 +830,7 @@ _SIGNERS_HELP = (
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_output_dir,
     default=Path("dist"),
     show_default=True,
     help="Where the bundle and SHA256SUMS go.",

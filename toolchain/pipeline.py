@@ -40,6 +40,8 @@ class PassContext:
     # Multiplies every pass's fine-tuning epochs; tests and quick runs lower it.
     epochs_scale: float = 1.0
     log: Callable[[str], None] = field(default=lambda message: None)
+    # Model files a pass loads (a distillation student) may carry code: --trust-model.
+    trust_model: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,15 +27,17 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgec.artifact import MANIFEST, read_manifest
 from edgec.errors import InputError
+from edgec.files import write_atomic
+from edgec.manifest import MANIFEST, Manifest, read_manifest
+from edgec.results import BenchResult
+from edgec.schemes import stage_order
 
 RESULTS_DIR = "results"
 REPORT_HTML = "report.html"
@@ -45,65 +47,75 @@ REPORT_MD = "report.md"
 # ------------------------------------------------------------------ loading
 @dataclass(frozen=True, kw_only=True)
 class BenchRun:
-    """One ``results/*.json`` file; ``error`` is set (and ``data`` empty) when it cannot be read."""
+    """One ``results/*.json`` file, read by ``results.BenchResult`` (the one reader).
+
+    ``error`` is set (and ``result`` None) when the file cannot be read or is not
+    a bench result; the report then says so in a line instead of failing.
+    """
 
     file: str
-    data: dict[str, Any]
+    result: BenchResult | None = None
     error: str = ""
+
+    @classmethod
+    def read(cls, path: Path, file: str) -> BenchRun:
+        try:
+            return cls(
+                file=file, result=BenchResult.from_dict(read_json(path, "bench result"), str(path))
+            )
+        except InputError as exc:
+            return cls(file=file, error=str(exc))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The stored document (empty when unreadable), for tables that show raw fields."""
+        return self.result.to_dict() if self.result is not None else {}
 
     @property
     def device(self) -> str:
-        return str(self.data.get("device") or Path(self.file).stem)
+        return self.result.device if self.result is not None else Path(self.file).stem
 
     @property
     def latency(self) -> dict[str, Any]:
-        """Steady-state latency with plain keys (mean, p50, ..., samples), all in ms.
-
-        Accepts ``latency_ms: {mean, p50, samples, ...}`` and the harness's own
-        ``steady: {mean_ms, p50_ms, samples_ms, ...}``.
-        """
-        for key in ("latency_ms", "steady"):
-            lat = self.data.get(key)
-            if isinstance(lat, dict):
-                return {k.removesuffix("_ms"): v for k, v in lat.items()}
-        return {}
+        """Steady-state latency with plain keys (count, mean, p50, ..., samples), all in ms."""
+        if self.result is None:
+            return {}
+        return {k.removesuffix("_ms"): v for k, v in self.result.steady.to_dict().items()}
 
     @property
     def samples(self) -> list[float]:
-        raw = self.latency.get("samples")
-        if not isinstance(raw, list):
-            return []
-        return [float(v) for v in raw if _is_number(v)]
+        return list(self.result.steady.samples_ms) if self.result is not None else []
 
     @property
     def memory(self) -> dict[str, float]:
-        """Numeric memory facts in bytes, keys without a ``_bytes`` suffix (peak, ...)."""
-        mem = self.data.get("memory")
-        if not isinstance(mem, dict):
+        """Numeric memory facts in bytes, keys without a ``_bytes`` suffix (peak_rss, ...)."""
+        if self.result is None:
             return {}
-        return {str(k).removesuffix("_bytes"): float(v) for k, v in mem.items() if _is_number(v)}
+        mem = self.result.memory.to_dict()
+        return {k.removesuffix("_bytes"): float(v) for k, v in mem.items() if _is_number(v)}
 
     @property
     def peak_memory(self) -> float | None:
-        mem = self.memory
-        for key in ("peak", "peak_rss", "rss_after_load", "arena_used", "arena"):
-            if key in mem:
-                return mem[key]
-        return max(mem.values()) if mem else None
+        m = self.result.memory if self.result is not None else None
+        if m is None:
+            return None
+        peak = m.peak_rss_bytes if m.peak_rss_bytes is not None else m.rss_after_load_bytes
+        return float(peak) if peak is not None else None
 
     @property
     def threads(self) -> Any:
-        rt = self.data.get("runtime")
-        if isinstance(rt, dict) and rt.get("threads") is not None:
-            return rt["threads"]
-        return self.data.get("threads")
+        return self.result.threads if self.result is not None else None
 
     @property
     def runtime(self) -> str:
-        rt = self.data.get("runtime")
-        if isinstance(rt, dict):
-            return f"{rt.get('name', '')} {rt.get('version', '')}".strip() or "–"
-        return fmt_num(rt)
+        if self.result is None:
+            return "–"
+        return f"{self.result.runtime} {self.result.runtime_version}".strip()
+
+    @property
+    def measured_on(self) -> str:
+        """What measured these figures, on one line (arch, CPU, cores, kernel, emulation)."""
+        return self.result.measured.label if self.result is not None else "–"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,32 +123,29 @@ class ArtifactData:
     """What a report shows for one target folder."""
 
     path: Path
-    manifest: dict[str, Any]
+    typed: Manifest  # checked by edgec.manifest when it was read
     runs: tuple[BenchRun, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as its JSON object (the tables below read sections from it)."""
+        return self.typed.to_dict()
 
     @property
     def target(self) -> str:
-        t = self.manifest.get("target")
-        if isinstance(t, dict) and t.get("name"):
-            return str(t["name"])
-        return self.path.name
+        return self.typed.target_name or self.path.name
 
     @property
     def model_name(self) -> str:
-        m = self.manifest.get("model")
-        return (
-            str(m.get("name")) if isinstance(m, dict) and m.get("name") else self.path.parent.name
-        )
+        return self.typed.model.name or self.path.parent.name
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
-        arts = self.manifest.get("artifacts")
-        return [a for a in arts if isinstance(a, dict)] if isinstance(arts, list) else []
+        return [a.to_dict() for a in self.typed.artifacts]
 
     @property
     def baseline(self) -> dict[str, Any]:
-        b = self.manifest.get("baseline")
-        return b if isinstance(b, dict) else {}
+        return self.typed.baseline.to_dict()
 
 
 def read_json(path: Path, what: str = "JSON file") -> dict[str, Any]:
@@ -158,11 +167,8 @@ def load_artifact(artifact_dir: str | Path) -> ArtifactData:
     manifest = read_manifest(path)
     runs = []
     for f in sorted((path / RESULTS_DIR).glob("*.json")):
-        try:
-            runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data=read_json(f, "bench result")))
-        except InputError as exc:
-            runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data={}, error=str(exc)))
-    return ArtifactData(path=path, manifest=manifest, runs=tuple(runs))
+        runs.append(BenchRun.read(f, f"{RESULTS_DIR}/{f.name}"))
+    return ArtifactData(path=path, typed=manifest, runs=tuple(runs))
 
 
 def target_dirs(build_dir: str | Path) -> list[Path]:
@@ -174,22 +180,6 @@ def target_dirs(build_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ writing
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_reports(artifact_dir: str | Path) -> list[Path]:
     """Write ``report.html`` and ``report.md`` into one target folder; returns their paths."""
     data = load_artifact(artifact_dir)
@@ -337,9 +327,9 @@ def _png(fig: Any) -> bytes:
 
 
 # Bars left to right as the compiler goes: float, after the passes, then smaller schemes.
-_STAGE_ORDER = {"float32": 0, "compressed": 1, "float16": 2, "dynamic": 3, "int8": 4}
+_STAGE_ORDER = {"compressed": 1, **stage_order()}  # from the scheme table
 # A stage "<scheme> gzip" sorts after every plain stage.
-_GZIP_ORDER = 5
+_GZIP_ORDER = max(_STAGE_ORDER.values()) + 1
 
 
 def chart_sizes(items: list[ArtifactData]) -> bytes | None:
@@ -704,38 +694,60 @@ def _artifact_table(items: list[ArtifactData]) -> Table:
         "top-1 agreement",
         "host latency",
     ]
-    return Table(title="Artifacts", header=(["target"] if many else []) + header, rows=rows)
+    return Table(
+        title="Artifacts",
+        header=(["target"] if many else []) + header,
+        rows=rows,
+        note="; ".join(n for it in items for a in it.artifacts for n in _precision_notes(it, a)),
+    )
+
+
+def _precision_notes(item: ArtifactData, artifact: dict[str, Any]) -> list[str]:
+    """What an artifact's manifest says about float fall-back ops and int4 weights."""
+    conv = artifact.get("conversion")
+    if not isinstance(conv, dict):
+        return []
+    where = f"{item.target}/{artifact.get('file')}"
+    notes = []
+    ops = [r for r in conv.get("float_fallback_ops") or [] if isinstance(r, dict)]
+    if ops:
+        names = ", ".join(f"{r.get('op')} x{r.get('count')}" for r in ops)
+        notes.append(
+            f"{where} keeps float fall-back ops (no int8 kernel): {names}, "
+            f"{fmt_pct(conv.get('float_fallback_macs_share'))} of the MACs and "
+            f"{fmt_pct(conv.get('float_fallback_compute_share'))} of the compute (estimate)"
+        )
+    int4 = [w for w in conv.get("int4_weights") or [] if isinstance(w, dict)]
+    if int4:
+        notes.append(f"{where}: int4 weights in {len(int4)} layers")
+    return notes
 
 
 def _budget_table(items: list[ArtifactData]) -> Table:
     many = len(items) > 1
     rows = []
     for it in items:
-        b = it.manifest.get("budgets") or {}
-        for c in b.get("checks") or []:
-            if isinstance(c, dict):
-                rows.append(
-                    ([it.target] if many else [])
-                    + [
-                        fmt_num(c.get("name")),
-                        fmt_num(c.get("value")),
-                        fmt_num(c.get("limit")),
-                        "ok" if c.get("ok") else "FAILED",
-                    ]
-                )
+        for c in it.typed.budgets.checks:
+            measured = c.source or "–"
+            rows.append(
+                ([it.target] if many else [])
+                + [
+                    c.name,
+                    fmt_num(c.value),
+                    fmt_num(c.limit),
+                    measured + (" (estimate)" if c.estimate and c.source != "estimate" else ""),
+                    "ok" if c.ok else "FAILED",
+                ]
+            )
     notes = [
-        f"{it.target}: budgets {'ok' if (it.manifest.get('budgets') or {}).get('ok') else 'FAILED'}"
-        + (
-            " (kept despite failure)"
-            if (it.manifest.get("budgets") or {}).get("kept_despite_failure")
-            else ""
-        )
+        f"{it.target}: budgets {'ok' if it.typed.budgets.ok else 'FAILED'}"
+        + (" (kept despite failure)" if it.typed.budgets.kept_despite_failure else "")
+        + "".join(f"; {n}" for n in it.typed.budgets.notes)
         for it in items
-        if isinstance(it.manifest.get("budgets"), dict)
     ]
     return Table(
         title="Budgets",
-        header=(["target"] if many else []) + ["check", "value", "limit", "result"],
+        header=(["target"] if many else []) + ["check", "value", "limit", "measured by", "result"],
         rows=rows,
         note="; ".join(notes),
     )

@@ -73,8 +73,20 @@ class Device:
 _KEYS = {f.name for f in fields(Device)} - {"name", "kind"}
 
 
-def local_device(python: str | None = None, workdir: str = ".") -> Device:
-    return Device(name=LOCAL, kind=DeviceKind.LOCAL, python=python, workdir=workdir)
+def local_workdir() -> Path:
+    """The local device's work folder: ``$XDG_CACHE_HOME/edgec/local`` (default
+    ``~/.cache``), so ``--device local`` never writes into the working directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgec" / "local"
+
+
+def local_device(python: str | None = None, workdir: str | None = None) -> Device:
+    return Device(
+        name=LOCAL,
+        kind=DeviceKind.LOCAL,
+        python=python,
+        workdir=workdir or str(local_workdir()),
+    )
 
 
 def default_devices_file() -> Path | None:

@@ -24,8 +24,9 @@ they work wherever the harness can run: no ``sha256sum`` or GNU tools needed.
 Publishing files is: ``plan`` (one command: probe the device, make the
 folders, hash what is already there), then one command that receives what
 differs on its stdin under temporary names, verifies every sha256, renames the
-files into place and, for a benchmark, replaces itself with the harness
-(``run_verified_argv``). So a benchmark of a deployed model is one command, and
+files into place and, for a benchmark, runs the harness
+(``run_verified_argv``, which names the signal if that program dies of one).
+So a benchmark of a deployed model is one command, and
 of a new one two: each SSH command starts the device user's login shell, which
 can cost half a second, and the SFTP subsystem would start one more.
 A dropped connection leaves at most a ``.upload-*`` temporary, which the next
@@ -34,7 +35,6 @@ deploy removes; never a file at the final name with the wrong bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import secrets
@@ -46,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgec.deploy.devices import Device, DeviceKind
 from edgec.errors import DeviceError
+from edgec.files import sha256_file
 
 LineSink = Callable[[str], None]
 ProgressSink = Callable[[int, int], None]
@@ -71,7 +72,6 @@ class ConnectOptions:
     accept_new_host_key: bool = False  # SSH: record an unknown host key
     connect_timeout: float = 10.0  # SSH: TCP connect, banner and authentication
     command_timeout: float = 60.0  # device helper commands (probe, verify, rename)
-    local_home: Path | None = None  # local: the work folder (tests, benchmarks)
 
 
 @runtime_checkable
@@ -80,7 +80,9 @@ class Transport(Protocol):
 
     label: str  # for messages: "local", "pi@10.0.0.5:22"
     # Set when the transport knows the device is an emulator ("qemu-aarch64"):
-    # its timings are an emulator's, never judged against a latency budget.
+    # its timings are an emulator's, never judged against a latency budget. Such
+    # a transport also sets $EDGEC_EMULATED (the same name) for the programs it
+    # runs, so the harness's own record says so too.
     emulated: str | None
 
     @classmethod
@@ -144,14 +146,6 @@ _OPENERS: dict[DeviceKind, Callable[[], type[Transport]]] = {
 def quote_command(argv: list[str]) -> str:
     """One POSIX shell command line in which every argument is quoted (never injected)."""
     return " ".join(shlex.quote(str(a)) for a in argv)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # The device-side helper. Kept to the standard library and to Python 3.8
@@ -275,7 +269,24 @@ def run(spec, commits, checks, *argv):
         return {"ready": True}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable] + list(argv))
+    # The program runs as a child, not by exec: a death by a signal is then
+    # named here (SSH drops the exit signal) and its exit code is 128 + n.
+    import signal, subprocess
+    child = subprocess.Popen([sys.executable] + list(argv))
+    def forward(signum, frame):
+        child.kill()
+    for s in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, forward)
+    code = child.wait()
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "signal %d" % -code
+        sys.stderr.write("edgec-harness: died of %s\n" % name)
+        sys.stderr.flush()
+        sys.exit(128 - code)
+    sys.exit(code)
 def kill(pid):
     import signal
     try:
@@ -407,7 +418,7 @@ def transfer_for(transport: Transport, uploads: list[Upload], state: Plan) -> Tr
 
 def run_verified_argv(python: str, argv: list[str], transfer: Transfer) -> list[str]:
     """One command that receives ``transfer``'s files on stdin, verifies and renames
-    them, checks that every upload is in place, then replaces itself with ``python
+    them, checks that every upload is in place, then runs ``python
     argv...`` (or answers ``{"ready": true}`` when ``argv`` is empty). When anything
     is missing it prints ``EDGEC-OPS {"ready": false, ...}`` instead."""
     return [

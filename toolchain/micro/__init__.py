@@ -6,6 +6,7 @@ run?" and "will it fit?" before anything is flashed. Its layers:
 * ``costs``: what TFLM itself costs beside the model (code per kernel, RAM outside
   the arena), as data in ``targets/costs/*.toml``, loaded strictly;
 * ``tflm``: the TFLM child runner (``run_tflm``), which measures the arena exactly;
+* ``elf``: flash and static RAM measured from a linked firmware ELF (``--firmware-elf``);
 * ``report``: ``fit_report`` and ``MicroReport``, the flash and RAM checks and TFLM's
   agreement with LiteRT on the same artifact;
 * ``choose``: the converter choices for TFLM and the smallest that agrees and fits.
@@ -15,6 +16,7 @@ The names below are the package's public interface; import them from ``edgec.mic
 
 from edgec.micro.choose import Candidate, Choice, choose_smallest, micro_candidates
 from edgec.micro.costs import CostTable, cost_table, load_cost_table, runtime_code
+from edgec.micro.elf import ElfSizes, read_elf
 from edgec.micro.report import (
     Agreement,
     Check,
@@ -23,6 +25,7 @@ from edgec.micro.report import (
     fit_report,
     litert_raw_outputs,
     lower_bounds,
+    measured_sizes,
     synthetic_inputs,
     tensor_bytes,
 )
@@ -35,6 +38,7 @@ __all__ = [
     "Check",
     "Choice",
     "CostTable",
+    "ElfSizes",
     "LowerBounds",
     "MicroReport",
     "TFLMRun",
@@ -45,7 +49,9 @@ __all__ = [
     "litert_raw_outputs",
     "load_cost_table",
     "lower_bounds",
+    "measured_sizes",
     "micro_candidates",
+    "read_elf",
     "recommended_arena",
     "run_tflm",
     "runtime_code",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,22 +69,26 @@ class Choice:
         return "\n".join(lines)
 
 
-def micro_candidates(source: Any, profile: Profile, calibration: np.ndarray) -> dict[str, bytes]:
-    """Full-int8 conversions of ``source`` that differ only in fully connected weight scales.
+def micro_candidates(
+    source: Any, profile: Profile, calibration: np.ndarray, **extra: Any
+) -> dict[str, bytes]:
+    """Conversions of ``source`` in the profile's scheme that differ only in dense weight scales.
 
     Per-tensor scales store one float per dense layer instead of one per output
     unit; on TFLM that means smaller flatbuffers and smaller persistent op data.
+    ``extra`` goes to ``ConvertOptions`` (e.g. the int4 layers of mixed-int4).
     """
     from edgec.convert import ConvertOptions, convert
-    from edgec.profiles import Quantization
 
     out: dict[str, bytes] = {}
     for label, per_channel in (("per-channel dense", True), ("per-tensor dense", False)):
         opts = ConvertOptions(
-            quantization=Quantization.INT8,
+            quantization=profile.quantization,
             input_dtype=profile.input_dtype,
             output_dtype=profile.output_dtype,
             per_channel_dense=per_channel,
+            float_fallback=profile.float_fallback,
+            **extra,
         )
         content = convert(source, opts, calibration)
         if content not in out.values():  # a model without dense layers converts the same way
@@ -100,6 +105,7 @@ def choose_smallest(
     max_agreement_loss: float = 0.01,
     trusted: bool = True,
     report: Callable[..., MicroReport] | None = None,
+    firmware_elf: str | Path | None = None,
 ) -> Choice:
     """Measure every candidate and keep the smallest that still agrees and, if any can, fits.
 
@@ -107,7 +113,8 @@ def choose_smallest(
     float model's) or else with the first candidate's. A candidate agrees if its
     top-1 agreement is within ``max_agreement_loss`` of the first candidate's and
     TFLM matches LiteRT on it. Among those, one that fits the budgets wins over one
-    that does not; then fewer model bytes, then a smaller arena.
+    that does not; then fewer model bytes, then a smaller arena. With ``firmware_elf``
+    every candidate's flash and static RAM are measured from that linked firmware.
     """
     from edgec.runtime import TFLiteModel
 
@@ -119,7 +126,9 @@ def choose_smallest(
     too_big: dict[str, BudgetError] = {}
     for k in candidates:
         try:
-            reports[k] = make(candidates[k], profile, x, where=k, trusted=trusted)
+            extra = {} if firmware_elf is None else {"firmware_elf": firmware_elf}
+            where = f"{profile.name} {profile.quantization} artifact ({k})"  # names the candidate
+            reports[k] = make(candidates[k], profile, x, where=where, trusted=trusted, **extra)
         except BudgetError as exc:  # over a lower bound: TFLM never ran it
             too_big[k] = exc
     if not reports:

@@ -13,6 +13,7 @@ replace the code estimate with ``[micro] runtime_code_bytes`` from its linker ma
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,7 +26,8 @@ from edgec.profiles import _read_toml as read_toml  # one TOML reader for target
 
 DEFAULT_TABLE = "tflm-cortex-m"
 _TOP_KEYS = {"description", "source", "runtime", "ram", "kernels"}
-_RUNTIME_KEYS = {"base_code_bytes", "default_kernel_code_bytes"}
+_RUNTIME_KEYS = {"base_code_bytes", "default_kernel_code_bytes", "code_margin", "uncertainty"}
+_FRACTIONS = {"code_margin", "uncertainty"}  # 0..1, not bytes
 _RAM_KEYS = {"interpreter_bytes", "resolver_bytes_per_op"}
 
 
@@ -39,6 +41,8 @@ class CostTable:
     source: str  # where the figures come from
     base_code_bytes: int  # MicroInterpreter, allocator, planner, flatbuffer access, libc
     default_kernel_code_bytes: int  # an op the table does not list
+    code_margin: float  # added to base + kernels: the table is calibrated on one link only
+    uncertainty: float  # of the estimate, as a fraction, stated with it
     interpreter_ram_bytes: int
     resolver_ram_bytes_per_op: int
     kernels: Mapping[str, int] = field(default_factory=dict)
@@ -46,6 +50,11 @@ class CostTable:
     def kernel_code(self, ops: Mapping[str, int]) -> dict[str, int]:
         """Code bytes per distinct op of ``ops`` (each kernel is linked once)."""
         return {op: self.kernels.get(op, self.default_kernel_code_bytes) for op in sorted(ops)}
+
+    def code_bytes(self, ops: Mapping[str, int]) -> int:
+        """The code estimate for ``ops``: (base + kernels) x (1 + margin), rounded up."""
+        raw = self.base_code_bytes + sum(self.kernel_code(ops).values())
+        return math.ceil(raw * (1.0 + self.code_margin))
 
     def interpreter_ram(self, ops: Mapping[str, int]) -> int:
         return self.interpreter_ram_bytes + self.resolver_ram_bytes_per_op * len(ops)
@@ -57,7 +66,13 @@ def _whole(file: str, key: str, value: Any) -> int:
     return value
 
 
-def _table(file: str, raw: dict[str, Any], key: str, keys: set[str]) -> dict[str, int]:
+def _fraction(file: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ProfileError(f"{file}: key {key!r} = {value!r} must be a fraction from 0 to 1")
+    return float(value)
+
+
+def _table(file: str, raw: dict[str, Any], key: str, keys: set[str]) -> dict[str, Any]:
     sub = raw.get(key)
     if not isinstance(sub, dict):
         raise ProfileError(f"{file}: missing table [{key}] (keys: {', '.join(sorted(keys))})")
@@ -69,7 +84,10 @@ def _table(file: str, raw: dict[str, Any], key: str, keys: set[str]) -> dict[str
     missing = sorted(keys - set(sub))
     if missing:
         raise ProfileError(f"{file}: missing key '{key}.{missing[0]}'")
-    return {k: _whole(file, f"{key}.{k}", v) for k, v in sub.items()}
+    return {
+        k: _fraction(file, f"{key}.{k}", v) if k in _FRACTIONS else _whole(file, f"{key}.{k}", v)
+        for k, v in sub.items()
+    }
 
 
 def parse_cost_table(name: str, raw: dict[str, Any], file: str) -> CostTable:
@@ -103,6 +121,8 @@ def parse_cost_table(name: str, raw: dict[str, Any], file: str) -> CostTable:
         source=raw["source"],
         base_code_bytes=runtime["base_code_bytes"],
         default_kernel_code_bytes=runtime["default_kernel_code_bytes"],
+        code_margin=runtime["code_margin"],
+        uncertainty=runtime["uncertainty"],
         interpreter_ram_bytes=ram["interpreter_bytes"],
         resolver_ram_bytes_per_op=ram["resolver_bytes_per_op"],
         kernels=dict(kernels),
@@ -130,4 +150,4 @@ def runtime_code(ops: Mapping[str, int], profile: Profile) -> tuple[int, bool, d
     override = profile.micro.runtime_code_bytes if profile.micro else None
     if override is not None:
         return int(override), False, kernels
-    return table.base_code_bytes + sum(kernels.values()), True, kernels
+    return table.code_bytes(ops), True, kernels

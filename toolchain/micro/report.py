@@ -12,12 +12,14 @@ ones edgec built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgec.errors import BudgetError, ConversionError, InputError
 from edgec.micro.costs import cost_table, runtime_code
+from edgec.micro.elf import ElfSizes, read_elf
 from edgec.micro.tflm import Allocation, TFLMRun, recommended_arena, run_tflm
 from edgec.modelinfo import ModelInfo, Tensor, read_model
 from edgec.profiles import Profile
@@ -170,6 +172,32 @@ class MicroReport:
     largest_weights: tuple[tuple[str, int], ...]
     tflm_version: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # A linked firmware's sizes: flash and static RAM are then measured, not estimated.
+    firmware: ElfSizes | None = None
+    code_uncertainty: float | None = None  # of the code estimate, as a fraction
+
+    @property
+    def measured(self) -> bool:
+        """Flash and RAM come from a linked ELF (``--firmware-elf``)."""
+        return self.firmware is not None
+
+    @property
+    def flash_source(self) -> str:
+        if self.firmware is not None:
+            return "measured"
+        return "estimate" if self.runtime_code_estimated else "profile"
+
+    def _how(self, what: str) -> str:
+        if self.firmware is not None:
+            return f" (measured from {Path(self.firmware.path).name})"
+        if what == "flash" and not self.runtime_code_estimated:
+            return " (profile)"
+        unc = (
+            ""
+            if self.code_uncertainty is None or what != "flash"
+            else f" ±{self.code_uncertainty:.0%}"
+        )
+        return f" (estimate{unc})"
 
     @property
     def ok(self) -> bool:
@@ -181,7 +209,7 @@ class MicroReport:
         for c in self.checks:
             if c.ok:
                 continue
-            est = " (estimate)" if self.runtime_code_estimated else ""
+            est = self._how("flash")
             if c.name == "flash_bytes":
                 top = ", ".join(f"{n!r} {b:,} B" for n, b in self.largest_weights[:3])
                 out.append(
@@ -189,6 +217,15 @@ class MicroReport:
                     f"{self.profile!r} (model {self.model_bytes:,} + runtime and kernels "
                     f"{self.runtime_code_bytes:,}{est}"
                     f"); largest weights: {top or 'none'}; prune, cluster or shrink those layers"
+                )
+            elif c.name == "ram_bytes" and self.firmware is not None:
+                top = ", ".join(f"{n!r} {b:,} B" for n, b in self.largest_activations[:3])
+                fw = self.firmware
+                out.append(
+                    f"static RAM {c.value:,} bytes > ram_bytes {c.limit:,} of profile "
+                    f"{self.profile!r} (measured: {Path(fw.path).name} data {fw.data:,} + bss "
+                    f"{fw.bss:,}, with kTensorArenaSize {self.arena_recommended:,} for this model); "
+                    f"largest activations: {top or 'none'}; reduce input size or early layer width"
                 )
             elif c.name == "ram_bytes":
                 top = ", ".join(f"{n!r} {b:,} B" for n, b in self.largest_activations[:3])
@@ -221,7 +258,7 @@ class MicroReport:
             f"arena {self.arena_required:,} B (kTensorArenaSize {self.arena_recommended:,}, "
             f"+{self.arena_margin:.0%}), RAM {self.ram_bytes:,}{of('ram_bytes')} B, flash "
             f"{self.flash_bytes:,}{of('flash_bytes')} B"
-            f"{' (estimate)' if self.runtime_code_estimated else ''}"
+            f"{'' if self.flash_source == 'profile' else self._how('flash')}"
         )
         if self.agreement is not None:
             a = self.agreement
@@ -242,7 +279,8 @@ class MicroReport:
         return [
             {
                 **c.to_dict(),
-                "estimate": c.name == "flash_bytes" and self.runtime_code_estimated,
+                "estimate": c.name == "flash_bytes" and self.flash_source == "estimate",
+                "measured": self.measured,
                 **({"detail": details[c.name]} if c.name in details else {}),
             }
             for c in self.checks
@@ -276,23 +314,32 @@ class MicroReport:
                 "margin": self.arena_margin,
                 "recommended": self.arena_recommended,
                 "recommended_verified": self.arena_verified,
-                "measured_on": "host (64-bit) TFLM; persistent structs are smaller on 32-bit MCUs",
+                "measured_on": "host (64-bit) TFLM: an upper bound for a 32-bit core, whose "
+                "persistent structs hold 4-byte pointers",
             },
             "persistent": [a.to_dict() for a in self.persistent],
             "flash": {
                 "bytes": self.flash_bytes,
                 "model_bytes": self.model_bytes,
                 "runtime_code_bytes": self.runtime_code_bytes,
-                "runtime_code_source": "estimate (edgec per-op table)"
-                if self.runtime_code_estimated
-                else "profile micro.runtime_code_bytes",
+                "runtime_code_source": {
+                    "estimate": "estimate (edgec per-op table, targets/costs/)",
+                    "profile": "profile micro.runtime_code_bytes",
+                    "measured": "measured (firmware ELF: text + rodata + data, less its g_model)",
+                }[self.flash_source],
                 "kernel_code_bytes": self.kernel_code_bytes,
+                "source": self.flash_source,
+                "estimate_uncertainty": self.code_uncertainty
+                if self.flash_source == "estimate"
+                else None,
             },
             "ram": {
                 "bytes": self.ram_bytes,
                 "arena_recommended": self.arena_recommended,
                 "interpreter_estimate": self.interpreter_ram_bytes,
+                "source": "measured (firmware ELF: data + bss)" if self.measured else "estimate",
             },
+            "firmware_elf": None if self.firmware is None else self.firmware.to_dict(),
             "checks": [c.to_dict() for c in self.checks],
             "ok": self.ok,
             "agreement": self.agreement.to_dict() if self.agreement else None,
@@ -306,7 +353,7 @@ class MicroReport:
 
     def format_text(self) -> str:
         """A human report, a few lines wide."""
-        est = " (estimate)" if self.runtime_code_estimated else " (profile)"
+        est = self._how("flash")
         lines = [
             f"TFLM fit for {self.profile}  ({self.tflm_version}, run on the host)",
             f"  ops           {', '.join(f'{k} x{v}' for k, v in self.ops.items())}",
@@ -327,10 +374,21 @@ class MicroReport:
             f"  flash         {self.flash_bytes:,} B = model {self.model_bytes:,} + runtime and "
             f"kernels {self.runtime_code_bytes:,}{est}"
         )
-        lines.append(
-            f"  RAM           {self.ram_bytes:,} B = arena {self.arena_recommended:,} + "
-            f"interpreter objects {self.interpreter_ram_bytes:,} (estimate)"
-        )
+        if self.firmware is not None:
+            fw = self.firmware
+            lines.append(
+                f"  firmware      {fw.path}: text {fw.text:,} + rodata {fw.rodata:,} + data "
+                f"{fw.data:,} B in flash, data + bss {fw.data:,} + {fw.bss:,} B static RAM"
+            )
+            lines.append(
+                f"  static RAM    {self.ram_bytes:,} B (measured: data + bss, with "
+                f"kTensorArenaSize {self.arena_recommended:,} for this model)"
+            )
+        else:
+            lines.append(
+                f"  RAM           {self.ram_bytes:,} B = arena {self.arena_recommended:,} + "
+                f"interpreter objects {self.interpreter_ram_bytes:,} (estimate)"
+            )
         for c in self.checks:
             limit = "unchecked" if c.limit is None else f"limit {c.limit:,}"
             lines.append(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<12} {c.value:,} B  ({limit})")
@@ -430,6 +488,57 @@ def lower_bounds(content: bytes, info: ModelInfo) -> LowerBounds:
     return LowerBounds(flash_bytes=len(content), ram_bytes=best[0], op=best[1], tensors=best[2])
 
 
+def measured_sizes(
+    elf: ElfSizes, model_bytes: int, arena_bytes: int
+) -> tuple[int, int, int, list[str]]:
+    """(code, flash, static RAM, notes) of ``elf`` carrying this model and this arena.
+
+    The ELF may have been linked with an earlier build's model and arena: where its
+    symbol table has them, ``g_model`` and the arena are replaced by this artifact's
+    ``model_bytes`` and ``arena_bytes`` (kTensorArenaSize), so the figures are the
+    firmware's own code and statics plus this build. Without an arena symbol the arena
+    is taken to live outside the static RAM (heap, another region) and is added.
+    """
+    name = Path(elf.path).name
+    notes = []
+    if elf.model_bytes is not None:
+        code = elf.flash_bytes - elf.model_bytes
+        if elf.model_bytes != model_bytes:
+            notes.append(
+                f"{name} holds a {elf.model_bytes:,} B g_model, this artifact is {model_bytes:,} B: "
+                "flash counts this artifact in its place (relink with this build's firmware/)"
+            )
+    else:
+        code = elf.flash_bytes - model_bytes
+        if code < 0:
+            raise InputError(
+                f"--firmware-elf {elf.path}: its flash ({elf.flash_bytes:,} B) is smaller than "
+                f"the model ({model_bytes:,} B), so it cannot hold it; give the firmware linked "
+                "with firmware/model_data.cc"
+            )
+        notes.append(f"{name} has no g_model symbol: it is taken to hold this model")
+    if elf.arena is not None:
+        arena_name, arena_size = elf.arena
+        ram = elf.static_ram_bytes - arena_size + arena_bytes
+        if arena_size < arena_bytes:
+            notes.append(
+                f"{name}'s arena {arena_name!r} is {arena_size:,} B, this model needs "
+                f"kTensorArenaSize {arena_bytes:,} B: relink with this build's model_data.h"
+            )
+    else:
+        ram = elf.static_ram_bytes + arena_bytes
+        notes.append(
+            f"no arena symbol in {name}: kTensorArenaSize {arena_bytes:,} B is added to its "
+            "static RAM (data + bss)"
+        )
+    notes.append(
+        f"flash and static RAM measured from {name} ({elf.machine}): text {elf.text:,}, "
+        f"rodata {elf.rodata:,}, data {elf.data:,}, bss {elf.bss:,} B; the stack counts only "
+        "if the linker script reserves it"
+    )
+    return code, code + model_bytes, ram, notes
+
+
 def check_lower_bounds(content: bytes, info: ModelInfo, profile: Profile, where: str) -> None:
     """Raise ``BudgetError`` if ``content`` cannot fit ``profile`` whatever TFLM does.
 
@@ -455,6 +564,7 @@ def fit_report(
     trusted: bool = False,
     min_top1_agreement: float = 0.99,
     max_diff_steps: int = 16,
+    firmware_elf: str | Path | None = None,
 ) -> MicroReport:
     """Run ``content`` in TFLM and LiteRT, measure the arena, and check the profile's budgets.
 
@@ -465,6 +575,8 @@ def fit_report(
     and top-1 matches on ``min_top1_agreement`` of the decisive rows (those not a
     near-tie; see ``Agreement``).
     ``trusted=False`` (any user file) first loads the model into LiteRT in a child.
+    With ``firmware_elf`` (a linked firmware around ``firmware/``), flash and static RAM
+    are measured from its sections instead of estimated (see ``measured_sizes``).
     Raises ``InputError`` for a corrupt file and ``ConversionError`` if TFLM cannot
     run it; budget misses are in the report (``raise_for_failures`` raises them).
     """
@@ -476,6 +588,7 @@ def fit_report(
     if not info.inputs:
         raise InputError(f"{where}: the model has no inputs")
     check_lower_bounds(content, info, profile, where)
+    elf = None if firmware_elf is None else read_elf(firmware_elf, arch=profile.arch)
     source = "given"
     if inputs is None or len(inputs) == 0:
         inputs = synthetic_inputs(info, min(max_rows, 16), seed)
@@ -488,7 +601,17 @@ def fit_report(
     margin = profile.micro.arena_margin if profile.micro else 0.10
     run = run_tflm(content, lite.quantize_input(x), info=info, where=where, margin=margin)
     return _report(
-        content, info, profile, lite, x, run, margin, source, min_top1_agreement, max_diff_steps
+        content,
+        info,
+        profile,
+        lite,
+        x,
+        run,
+        margin,
+        source,
+        min_top1_agreement,
+        max_diff_steps,
+        elf,
     )
 
 
@@ -503,6 +626,7 @@ def _report(
     source: str,
     min_top1: float,
     max_steps: int,
+    elf: ElfSizes | None = None,
 ) -> MicroReport:
     notes = []
     agreement = None
@@ -542,6 +666,10 @@ def _report(
     interp_ram = cost_table().interpreter_ram(info.op_counts)
     flash = len(content) + code
     ram = arena_rec + interp_ram
+    if elf is not None:
+        code, flash, ram, elf_notes = measured_sizes(elf, len(content), arena_rec)
+        estimated = False
+        notes += elf_notes
     b = profile.budgets
     checks = (
         Check(
@@ -557,10 +685,13 @@ def _report(
             ok=b.ram_bytes is None or ram <= b.ram_bytes,
         ),
     )
+    table = cost_table()
     if estimated:
         notes.append(
-            "flash for TFLM and kernels is an estimate (edgec per-op table for Cortex-M, "
-            "-Os, CMSIS-NN); set [micro] runtime_code_bytes from your linker map"
+            f"flash for TFLM and kernels is an estimate, ±{table.uncertainty:.0%} ({table.file}: "
+            "per-kernel type paths from TFLM's sources, scaled to a real Cortex-M4F link, "
+            f"+{table.code_margin:.0%} margin); give --firmware-elf FW.elf (your linked firmware) "
+            "or set [micro] runtime_code_bytes from your linker map"
         )
     if run.crashed_arenas:
         notes.append(
@@ -569,8 +700,9 @@ def _report(
             "never give it less than kTensorArenaSize"
         )
     notes.append(
-        "arena measured by TFLM on the 64-bit host: persistent structs hold pointers, "
-        "so the tail is usually smaller on a 32-bit MCU (the host figure is an upper bound)"
+        "arena measured by TFLM on the 64-bit host, an upper bound for a 32-bit core: "
+        "persistent structs hold pointers, so the tail is smaller there (ResNet-8: 55,984 B "
+        "on the host, arena_used_bytes() 54,996 B on a Cortex-M4F)"
     )
     return MicroReport(
         profile=profile.name,
@@ -598,6 +730,8 @@ def _report(
         largest_weights=_largest(info, constant=True),
         tflm_version=run.tflm_version,
         notes=tuple(notes),
+        firmware=elf,
+        code_uncertainty=table.uncertainty if estimated else None,
     )
 
 
