@@ -22,9 +22,14 @@ from edgec.deploy.transport import NOT_FOUND, LineSink, ProgressSink, RunResult
 from edgec.errors import DeviceError
 
 
-def default_workdir() -> Path:
+def edgec_cache() -> Path:
+    """edgec's cache folder: ``$XDG_CACHE_HOME/edgec``, default ``~/.cache/edgec``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgec" / "local-device"
+    return Path(base) / "edgec"
+
+
+def default_workdir() -> Path:
+    return edgec_cache() / "local-device"
 
 
 class LocalTransport:
