@@ -23,14 +23,10 @@ from click.testing import CliRunner
 from sshd import ClientKeys, Sshd, free_port, keygen
 
 from edgec.cli import main
-from edgec.deploy.bench import (
-    BenchOptions,
-    ConnectOptions,
-    connect,
-    deploy_to,
-    locate_artifact,
-)
 from edgec.deploy.devices import load_devices, parse_spec, resolve_device
+from edgec.deploy.options import BenchOptions, locate_artifact
+from edgec.deploy.publish import deploy_to
+from edgec.deploy.transport import ConnectOptions, connect
 from edgec.errors import DeviceError, UsageError
 
 NASTY = "work dir; $(touch PWNED) `touch PWNED2` 'q\""

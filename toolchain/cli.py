@@ -330,7 +330,7 @@ def _device_options(fn: Any) -> Any:
 
 
 def _connect_options(accept_new_host_key: bool, connect_timeout: float) -> Any:
-    from edgec.deploy.bench import ConnectOptions
+    from edgec.deploy.transport import ConnectOptions
 
     return ConnectOptions(accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
 
@@ -363,7 +363,7 @@ def deploy(
     Uploads under a temporary name, verifies the sha256 on the device and renames
     into <workdir>/models/<model>/<sha256[:12]>/; the same bytes are never sent twice.
     """
-    from edgec.deploy.bench import deploy as deploy_artifact
+    from edgec.deploy.publish import deploy as deploy_artifact
 
     dep = deploy_artifact(
         artifact,
@@ -475,8 +475,8 @@ def bench(
     the report, and exits 5 when the profile's latency or RAM budget is exceeded
     (6 when a device fails; with --group the other devices still run).
     """
-    from edgec.deploy.bench import BenchOptions
-    from edgec.deploy.bench import bench as run_bench
+    from edgec.deploy.fleet import bench as run_bench
+    from edgec.deploy.options import BenchOptions
 
     options = BenchOptions(
         runs=runs,
@@ -524,7 +524,7 @@ def device_check(
     as_json: bool,
 ) -> None:
     """Say which Python, numpy and runtimes NAME has; exit 6 when one is missing."""
-    from edgec.deploy.bench import check_device
+    from edgec.deploy.provision import check_device
 
     facts = check_device(
         name,
@@ -581,7 +581,7 @@ def device_setup(
 
     `edgec bench` then uses that venv's python automatically.
     """
-    from edgec.deploy.bench import SETUP_PACKAGES, setup_device
+    from edgec.deploy.provision import SETUP_PACKAGES, setup_device
 
     facts = setup_device(
         name,

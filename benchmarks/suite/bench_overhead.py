@@ -401,8 +401,8 @@ def main() -> None:
             print(f"fleet: 4 vs 1 ratio {ratio:.2f}", file=sys.stderr)
 
             # What one SSH command costs here (login shell start-up included).
-            from edgec.deploy.bench import connect
             from edgec.deploy.devices import resolve_device
+            from edgec.deploy.transport import connect
 
             os.environ["HOME"] = str(client.home)
             transport = connect(resolve_device("dev0", devices))

@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgec.deploy.transport import NOT_FOUND, LineSink, ProgressSink, RunResult
+from edgec.deploy.devices import Device
+from edgec.deploy.transport import NOT_FOUND, ConnectOptions, LineSink, ProgressSink, RunResult
 from edgec.errors import DeviceError
 
 
@@ -39,6 +40,14 @@ class LocalTransport:
         self.home = Path(home) if home is not None else default_workdir()
         self.home.mkdir(parents=True, exist_ok=True)
         self.label = "local"
+        self.emulated: str | None = None
+
+    @classmethod
+    def open(cls, device: Device, options: ConnectOptions) -> LocalTransport:
+        return cls(options.local_home)
+
+    def notices(self) -> list[str]:
+        return []
 
     def _path(self, remote: str) -> Path:
         return self.home / os.path.expanduser(remote)

@@ -30,7 +30,14 @@ from typing import Any
 
 import paramiko
 
-from edgec.deploy.transport import LineSink, ProgressSink, RunResult, quote_command
+from edgec.deploy.devices import Device
+from edgec.deploy.transport import (
+    ConnectOptions,
+    LineSink,
+    ProgressSink,
+    RunResult,
+    quote_command,
+)
 from edgec.errors import DeviceError
 
 # paramiko logs transport-thread errors (a reset connection) at ERROR level;
@@ -146,9 +153,30 @@ class SSHTransport:
     def __init__(self, target: SSHTarget) -> None:
         self.target = target
         self.label = target.label
+        self.emulated: str | None = None
         self.recorded_host_key: str | None = None
         self._client = self._connect()
         self._sftp: paramiko.SFTPClient | None = None
+
+    @classmethod
+    def open(cls, device: Device, options: ConnectOptions) -> SSHTransport:
+        assert device.host is not None
+        return cls(
+            resolve_target(
+                device.host,
+                name=device.name,
+                port=device.port,
+                user=device.user,
+                key=device.key,
+                connect_timeout=options.connect_timeout,
+                accept_new_host_key=options.accept_new_host_key,
+            )
+        )
+
+    def notices(self) -> list[str]:
+        if self.recorded_host_key:
+            return [f"recorded new host key {self.recorded_host_key}"]
+        return []
 
     def _connect(self) -> paramiko.SSHClient:
         t = self.target

@@ -5,6 +5,12 @@ argument vector with a timeout, feeding files to its stdin and streaming its
 stderr lines back; ``upload`` and ``download`` copy one file (SFTP over SSH).
 ``SSHTransport`` (paramiko) and ``LocalTransport`` (a child process on this
 machine) both satisfy it, so the deploy and bench code has one path for both.
+Each transport owns its connection options: ``connect`` hands the device and
+the ``ConnectOptions`` to the transport class for the device's kind
+(``open``), and what a caller may need to know about a connection (a host key
+just recorded, an emulated machine) is part of the protocol, never probed for
+with ``getattr``. A new transport is one class with ``open`` and the protocol's
+methods, and one line in ``_OPENERS``.
 
 Remote paths are POSIX paths, relative ones being relative to the remote home
 (or to the local device's work folder). Every remote command is an argument
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from edgec.deploy.devices import Device, DeviceKind
 from edgec.errors import DeviceError
 
 LineSink = Callable[[str], None]
@@ -57,11 +64,31 @@ class RunResult:
     signal: str | None = None  # set when the remote process died of a signal
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConnectOptions:
+    """How to open a connection; each transport reads the options that concern it."""
+
+    accept_new_host_key: bool = False  # SSH: record an unknown host key
+    connect_timeout: float = 10.0  # SSH: TCP connect, banner and authentication
+    command_timeout: float = 60.0  # device helper commands (probe, verify, rename)
+    local_home: Path | None = None  # local: the work folder (tests, benchmarks)
+
+
 @runtime_checkable
 class Transport(Protocol):
     """What deploy and bench need from a device connection."""
 
     label: str  # for messages: "local", "pi@10.0.0.5:22"
+    # Set when the transport knows the device is an emulator ("qemu-aarch64"):
+    # its timings are an emulator's, never judged against a latency budget.
+    emulated: str | None
+
+    @classmethod
+    def open(cls, device: Device, options: ConnectOptions) -> Transport:
+        """Connect to ``device``. Raises DeviceError with one line on failure."""
+
+    def notices(self) -> list[str]:
+        """What the user should be told about this connection (a host key just recorded)."""
 
     def upload(self, local: Path, remote: str, *, progress: ProgressSink | None = None) -> None:
         """Copy ``local`` to ``remote`` (the folder exists). Raises DeviceError."""
@@ -85,6 +112,33 @@ class Transport(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+def connect(device: Device, options: ConnectOptions | None = None) -> Transport:
+    """Open the device's transport. Raises DeviceError with one line on failure."""
+    opener = _OPENERS.get(device.kind)
+    if opener is None:
+        raise DeviceError(f"device {device.name}: no transport for devices of kind {device.kind}")
+    return opener().open(device, options or ConnectOptions())
+
+
+def _local() -> type[Transport]:
+    from edgec.deploy.local import LocalTransport
+
+    return LocalTransport
+
+
+def _ssh() -> type[Transport]:
+    # paramiko is imported only when an SSH device is used.
+    from edgec.deploy.ssh import SSHTransport
+
+    return SSHTransport
+
+
+_OPENERS: dict[DeviceKind, Callable[[], type[Transport]]] = {
+    DeviceKind.LOCAL: _local,
+    DeviceKind.SSH: _ssh,
+}
 
 
 def quote_command(argv: list[str]) -> str:

@@ -1,0 +1,175 @@
+"""``edgec bench``: one device or a group of them, and the side-by-side table.
+
+A group fans out with bounded concurrency (``--jobs``); one failing device
+does not stop the others. Progress lines are labelled per device; the results
+are compared in one table, and the exit says what went wrong first (a device
+failed: 6, a budget was exceeded: 5).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from edgec.deploy.bench import Outcome, bench_one
+from edgec.deploy.devices import resolve_device, resolve_group
+from edgec.deploy.options import Artifact, BenchOptions, Log, locate_artifact, quiet
+from edgec.deploy.publish import upload_bar
+from edgec.errors import BudgetError, DeviceError, EdgecError, UsageError
+from edgec.signing import require_signed
+
+
+def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
+    """The side-by-side comparison: one row per device."""
+    rows = [
+        [
+            "device",
+            "status",
+            "runtime",
+            "threads",
+            "runs",
+            "p50 ms",
+            "p90 ms",
+            "mean ms",
+            "init ms",
+            "peak RSS MB",
+            "budgets",
+        ]
+    ]
+    for o in outcomes:
+        if not o.ok:
+            rows.append([o.device.name, "FAILED", *["-"] * 8, str(o.error)])
+            continue
+        r = o.result or {}
+        s, m = r["steady"], r["memory"]
+        peak = m.get("peak_rss_bytes")
+        b = r["budgets"]
+        btxt = (
+            "ok"
+            if b["ok"]
+            else "EXCEEDED: "
+            + ", ".join(
+                f"{c['name']} {c['value']:.4g} > {c['limit']:.4g}"
+                for c in b["checks"]
+                if not c["ok"]
+            )
+        )
+        rows.append(
+            [
+                o.device.name,
+                "ok",
+                f"{r['runtime']['name']} {r['runtime']['version']}",
+                str(r["threads"]),
+                str(s["count"]),
+                f"{s['p50_ms']:.3f}",
+                f"{s['p90_ms']:.3f}",
+                f"{s['mean_ms']:.3f}",
+                f"{r['init_ms']:.1f}",
+                f"{peak / 2**20:.1f}" if peak else "-",
+                btxt if b["checks"] else "-",
+            ]
+        )
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def bench(
+    artifact_path: Path,
+    *,
+    device: str | None = None,
+    group: str | None = None,
+    devices_file: Path | None = None,
+    options: BenchOptions | None = None,
+    allowed_signers: Path | None = None,
+    log: Log = quiet,
+    out: Log = quiet,
+) -> list[Outcome]:
+    """``edgec bench``: one device or a group; ``out`` gets the side-by-side table.
+
+    Progress goes to ``log``. Raises (after the table) DeviceError when a device
+    failed, else BudgetError when a budget was exceeded.
+    """
+    options = options or BenchOptions()
+    if options.runs < 1 or options.warmup < 0 or options.timeout <= 0 or options.jobs < 1:
+        raise UsageError("--runs and --jobs must be >= 1, --warmup >= 0, --timeout > 0")
+    if options.threads is not None and options.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    if options.inputs is not None and not Path(options.inputs).is_file():
+        raise UsageError(f"--inputs {options.inputs}: no such .npy/.npz file")
+    if device and group:
+        raise UsageError("give --device or --group, not both")
+    require_signed(artifact_path, allowed_signers)
+    artifact = locate_artifact(artifact_path)
+    devices = (
+        resolve_group(group, devices_file)
+        if group
+        else [resolve_device(device or "local", devices_file)]
+    )
+
+    lock = threading.Lock()
+
+    def logger(name: str) -> Log:
+        def emit(line: str) -> None:
+            with lock:
+                log(f"[{name}] {line}" if len(devices) > 1 else line)
+
+        return emit
+
+    if len(devices) == 1:
+        with upload_bar(artifact.model) as progress:
+            outcomes = [
+                bench_one(
+                    artifact, devices[0], options, log=logger(devices[0].name), progress=progress
+                )
+            ]
+    else:
+        with ThreadPoolExecutor(max_workers=min(options.jobs, len(devices))) as pool:
+            futures = [
+                pool.submit(bench_one, artifact, d, options, log=logger(d.name)) for d in devices
+            ]
+            outcomes = [f.result() for f in futures]
+
+    if any(o.ok for o in outcomes) and options.save and artifact.manifest is not None:
+        refresh_report(artifact, log)
+    for o in outcomes:
+        if o.path is not None:
+            log(f"stored {o.path}")
+    failed = [o for o in outcomes if not o.ok]
+    if len(devices) == 1 and failed:
+        raise failed[0].error  # type: ignore[misc]
+    out(format_table(summary_rows(outcomes)))
+    if failed:
+        names = ", ".join(o.device.name for o in failed)
+        raise DeviceError(
+            f"{len(failed)} of {len(outcomes)} devices failed ({names}); "
+            f"the others' results were stored; first error: {failed[0].error}"
+        )
+    over = [o for o in outcomes if not o.budgets_ok]
+    if over:
+        first = over[0].result["budgets"]  # type: ignore[index]
+        bad = next(c for c in first["checks"] if not c["ok"])
+        raise BudgetError(
+            f"device {over[0].device.name}: {bad['name']} budget of profile {first['profile']!r} "
+            f"exceeded: measured {bad['value']:.4g}, limit {bad['limit']:.4g}"
+            + (f" ({len(over)} devices over budget)" if len(over) > 1 else "")
+        )
+    return outcomes
+
+
+def refresh_report(artifact: Artifact, log: Log) -> None:
+    """Re-render the artifact's report so it shows the new latency and memory."""
+    try:
+        from edgec.report import render_reports
+
+        render_reports(artifact.folder)
+    except EdgecError as exc:
+        log(f"report not updated: {exc}")
