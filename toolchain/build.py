@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec import __version__
+from edgec.agreement import REFERENCE_FILE, build_reference
 from edgec.artifact import library_versions, write_artifact
 from edgec.convert import ConvertOptions, convert
 from edgec.data import Dataset, load_dataset
@@ -376,6 +377,12 @@ def _build_target(
             f"agreement {_pct(m.get('top1_agreement'))}"
         )
 
+    # The host's outputs on fixed seeded inputs, so `edgec bench --check-outputs`
+    # catches a device (or a model changed since the build) that computes otherwise.
+    reference, reference_entry = build_reference(
+        files["model.tflite"], micro=profile.is_micro, threads=profile.threads or 1
+    )
+    files[REFERENCE_FILE] = reference
     checks = _budget_checks(profile, artifacts[0], req)
     micro: dict[str, Any] | None = None
     finish = None
@@ -419,6 +426,7 @@ def _build_target(
         },
         "versions": library_versions(),
     }
+    manifest["reference_outputs"] = reference_entry
     if micro is not None:
         manifest["micro"] = micro
     if compression.search is not None:

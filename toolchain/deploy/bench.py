@@ -6,7 +6,10 @@ already on the device with the same sha256, verify and run in one command
 (probe and file states); one more command receives what differs, verifies and
 renames it, and runs the harness. The harness's JSON goes to the artifact's
 ``results/bench-<device>.json``, checked against the target profile's latency
-and RAM budgets. Few commands matter: each SSH command starts the device
+and RAM budgets (not on an emulated device, whose timings are an
+emulator's). With an outputs check (``--check-outputs``, the default on
+emulated devices) the harness also returns the outputs of fixed seeded inputs,
+compared with the host reference (``edgec.agreement``). Few commands matter: each SSH command starts the device
 user's login shell, which costs from milliseconds to half a second.
 
 Nothing is recorded as a success unless the harness exited 0 and printed a
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgec import __version__
+from edgec import __version__, agreement
 from edgec.deploy.devices import Device
 from edgec.deploy.options import Artifact, BenchOptions, Log, budget_profile, is_micro, quiet
 from edgec.deploy.protocol import NotReady, harness_args, run_harness
@@ -54,11 +57,29 @@ class Outcome:
     def budgets_ok(self) -> bool:
         return bool(self.result and self.result.get("budgets", {}).get("ok", True))
 
+    @property
+    def outputs_ok(self) -> bool:
+        return bool(self.result and (self.result.get("outputs_check") or {}).get("ok", True))
 
-def check_budgets(doc: dict[str, Any], profile: dict[str, Any] | None) -> dict[str, Any]:
-    """Latency (steady p50) and RAM (peak RSS) against the profile's budgets."""
+
+def check_budgets(
+    doc: dict[str, Any], profile: dict[str, Any] | None, emulated: str | None = None
+) -> dict[str, Any]:
+    """Latency (steady p50) and RAM (peak RSS) against the profile's budgets.
+
+    On an emulated device neither is judged: its timings and its memory (qemu's
+    own included) are the emulator's, not the board's; they are reported as such.
+    """
     if not profile:
         return {"profile": None, "checks": [], "ok": True}
+    if emulated:
+        return {
+            "profile": profile.get("name"),
+            "checks": [],
+            "ok": True,
+            "note": f"emulated ({emulated}): latency and memory are the emulator's, "
+            "reported but never judged against the profile's budgets",
+        }
     budgets = profile.get("budgets") or {}
     checks = []
     latency = budgets.get("latency_ms")
@@ -107,9 +128,15 @@ def bench_one(
         threads = options.threads or (int(profile["threads"]) if profile else 1)
         runtime = "tflm" if micro else "auto"
         uploads = planned_uploads(device, artifact, options.inputs)
-        args = harness_args(uploads, options, threads, runtime)
         transport = connect(device, options.connect)
         try:
+            checking = (
+                options.check_outputs
+                if options.check_outputs is not None
+                else transport.emulated is not None
+            )
+            stored, check = check_plan(artifact, options) if checking else (None, None)
+            args = harness_args(uploads, options, threads, runtime, check)
             for notice in transport.notices():
                 log(notice)
             running = (
@@ -167,8 +194,16 @@ def bench_one(
                         f"could not start after deploying: {exc}"
                     ) from None
             dep = deployment(device, transport.label, python, pubs)
+            emulated = transport.emulated
         finally:
             transport.close()
+        outputs = (
+            check_outputs(artifact, doc, stored, threads=threads, where=f"device {device.name}")
+            if check is not None
+            else None
+        )
+        if outputs is not None:
+            log(f"outputs {agreement.summary(outputs)}")
     except EdgecError as exc:
         msg = str(exc)
         named = f"device {device.name} " in msg or f"device {device.name}:" in msg
@@ -194,11 +229,15 @@ def bench_one(
             "harness": dep.harness.remote,
             "uploaded": dep.model.uploaded,
         },
-        "budgets": check_budgets(doc, profile),
+        "emulated": emulated is not None,
+        "emulator": emulated,
+        "budgets": check_budgets(doc, profile, emulated),
         "edgec_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - start, 3),
     }
+    if outputs is not None:
+        result["outputs_check"] = outputs
     path = None
     if options.save:
         from edgec.report import write_atomic
@@ -206,3 +245,49 @@ def bench_one(
         path = artifact.results_dir / f"bench-{device.slug}.json"
         write_atomic(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return Outcome(device=device, result=result, path=path)
+
+
+def check_plan(
+    artifact: Artifact, options: BenchOptions
+) -> tuple[dict[str, Any] | None, tuple[int, int]]:
+    """The reference the build stored (if it fits the asked count) and the check inputs
+    (count, seed) the device must run: the stored reference's, else the defaults."""
+    stored = agreement.stored_reference(artifact.folder, artifact.manifest)
+    if stored is not None:
+        inputs = stored["outputs_check"]
+        if options.check_count in (None, inputs["count"]):
+            return stored, (int(inputs["count"]), int(inputs["seed"]))
+    count = options.check_count or agreement.DEFAULT_COUNT
+    return None, (count, agreement.DEFAULT_SEED)
+
+
+def check_outputs(
+    artifact: Artifact,
+    doc: dict[str, Any],
+    stored: dict[str, Any] | None,
+    *,
+    threads: int,
+    where: str,
+) -> dict[str, Any]:
+    """Compare the harness's ``outputs_check`` with the stored or a fresh host reference.
+
+    The raw outputs leave the result document: it keeps the comparison only.
+    """
+    from edgec.modelinfo import read_model
+
+    section = doc.pop("outputs_check", None)
+    if not isinstance(section, dict):
+        raise DeviceError(f"{where}: the harness returned no outputs for the outputs check")
+    reference = stored or agreement.host_reference(
+        artifact.model,
+        runtime=agreement.reference_runtime(doc["runtime"]["name"]),
+        count=int(section.get("count", 0)),
+        seed=int(section.get("seed", 0)),
+        threads=threads,
+    )
+    content = artifact.model.read_bytes()
+    result = agreement.compare(
+        section, doc["runtime"], reference, read_model(content, str(artifact.model)), where=where
+    )
+    result["reference"]["model_changed_since"] = reference["model_sha256"] != doc["model"]["sha256"]
+    return result

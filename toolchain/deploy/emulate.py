@@ -57,12 +57,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgec.deploy.devices import EMULATED_PREFIX as PREFIX
+from edgec.deploy.devices import Device
 from edgec.deploy.local import LocalTransport, edgec_cache
+from edgec.deploy.transport import ConnectOptions
 from edgec.errors import DeviceError, UsageError
 
 Log = Callable[[str], None]
 
-PREFIX = "emulated:"
 QEMU = "qemu-aarch64-static"
 # The value of EDGEC_EMULATED, which the harness reports as its "emulated" fact.
 EMULATOR = "qemu-aarch64"
@@ -165,10 +167,6 @@ def board_named(name: str) -> Board:
     if board is None:
         raise UsageError(f"unknown emulated board {name!r}; valid: {', '.join(BOARDS)}")
     return board
-
-
-def is_emulated(spec: str) -> bool:
-    return spec.startswith(PREFIX)
 
 
 # ------------------------------------------------------------------ layout
@@ -488,25 +486,7 @@ def _build_rootfs(
             source, found = Path(wheels), f"from {wheels}"
         site = tree / "usr" / "lib" / "python3" / "dist-packages"
         log(f"installing {' '.join(requirements)} into the rootfs ({found})")
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-index",
-                "--find-links",
-                str(source),
-                "--target",
-                str(site),
-                "--no-compile",
-                *target,
-                *requirements,
-            ],
-            f"pip install of the aarch64 wheels ({found})",
-            timeout=900,
-        )
+        install_wheels(site, source=source, requirements=requirements, target=target)
         info = {
             "suite": SUITE,
             "arch": ARCH,
@@ -521,6 +501,32 @@ def _build_rootfs(
         }
         (tree / ROOTFS_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
+
+
+def install_wheels(
+    site: Path, *, source: Path, requirements: tuple[str, ...], target: list[str]
+) -> dict[str, str]:
+    """pip-install aarch64 wheels from a folder only (offline) into ``site``; their versions."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(source),
+            "--target",
+            str(site),
+            "--no-compile",
+            *target,
+            *requirements,
+        ],
+        f"pip install of the aarch64 wheels from {source}",
+        timeout=900,
+    )
+    return _installed(site)
 
 
 def _rootfs_python(tree: Path) -> str:
@@ -628,12 +634,14 @@ class EmulatedTransport(LocalTransport):
     the harness runs on the board's instruction set and says it was emulated.
     """
 
-    def __init__(self, ready: Prepared) -> None:
-        super().__init__(ready.workdir)
+    def __init__(self, ready: Prepared, home: Path | None = None) -> None:
+        super().__init__(home or ready.workdir)
         self.prepared = ready
         self.python = str(ready.python)
         self.label = f"{PREFIX}{ready.board.name} ({QEMU} -cpu {ready.board.cpu})"
+        self.emulated = f"{EMULATOR} -cpu {ready.board.cpu}"
 
-
-def connect_emulated(name: str, root: Path | None = None) -> EmulatedTransport:
-    return EmulatedTransport(require_prepared(board_named(name), root))
+    @classmethod
+    def open(cls, device: Device, options: ConnectOptions) -> EmulatedTransport:
+        # The board's python is the wrapper path; it must exist (prepared) to be used.
+        return cls(require_prepared(board_named(device.name)), options.local_home)

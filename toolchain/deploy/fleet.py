@@ -3,7 +3,7 @@
 A group fans out with bounded concurrency (``--jobs``); one failing device
 does not stop the others. Progress lines are labelled per device; the results
 are compared in one table, and the exit says what went wrong first (a device
-failed: 6, a budget was exceeded: 5).
+failed: 6, outputs differ from the reference: 7, a budget was exceeded: 5).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from edgec import agreement
 from edgec.deploy.bench import Outcome, bench_one
 from edgec.deploy.devices import resolve_device, resolve_group
 from edgec.deploy.options import Artifact, BenchOptions, Log, locate_artifact, quiet
@@ -26,6 +27,7 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
         [
             "device",
             "status",
+            "machine",
             "runtime",
             "threads",
             "runs",
@@ -34,12 +36,13 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
             "mean ms",
             "init ms",
             "peak RSS MB",
+            "outputs",
             "budgets",
         ]
     ]
     for o in outcomes:
         if not o.ok:
-            rows.append([o.device.name, "FAILED", *["-"] * 8, str(o.error)])
+            rows.append([o.device.name, "FAILED", *["-"] * 10, str(o.error)])
             continue
         r = o.result or {}
         s, m = r["steady"], r["memory"]
@@ -55,10 +58,17 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
                 if not c["ok"]
             )
         )
+        machine = str((r.get("platform") or {}).get("machine", "-"))
+        oc = r.get("outputs_check")
+        otxt = "-"
+        if oc:
+            steps = f" {oc['max_steps']} step(s)" if oc.get("max_steps") is not None else ""
+            otxt = ("ok" if oc["ok"] else "MISMATCH") + steps
         rows.append(
             [
                 o.device.name,
                 "ok",
+                machine + (" (emulated)" if r.get("emulated") else ""),
                 f"{r['runtime']['name']} {r['runtime']['version']}",
                 str(r["threads"]),
                 str(s["count"]),
@@ -67,7 +77,8 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
                 f"{s['mean_ms']:.3f}",
                 f"{r['init_ms']:.1f}",
                 f"{peak / 2**20:.1f}" if peak else "-",
-                btxt if b["checks"] else "-",
+                otxt,
+                btxt if b["checks"] else ("not judged" if b.get("note") else "-"),
             ]
         )
     return rows
@@ -152,6 +163,13 @@ def bench(
         raise DeviceError(
             f"{len(failed)} of {len(outcomes)} devices failed ({names}); "
             f"the others' results were stored; first error: {failed[0].error}"
+        )
+    mismatched = [o for o in outcomes if not o.outputs_ok]
+    if mismatched:
+        first_bad = mismatched[0]
+        raise agreement.mismatch_error(
+            first_bad.result["outputs_check"],  # type: ignore[index]
+            f"device {first_bad.device.name}",
         )
     over = [o for o in outcomes if not o.budgets_ok]
     if over:

@@ -42,6 +42,10 @@ class BenchOptions:
     target: str | None = None  # profile for budgets; default the artifact's manifest target
     jobs: int = 4  # devices benchmarked at once in a fleet
     save: bool = True
+    # Outputs of fixed seeded inputs compared with the host reference (edgec.agreement);
+    # None: on for emulated devices, off for others.
+    check_outputs: bool | None = None
+    check_count: int | None = None  # default: the stored reference's count, else 16
     connect: ConnectOptions = field(default_factory=ConnectOptions)
 
 

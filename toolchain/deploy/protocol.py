@@ -38,9 +38,14 @@ HOST_GRACE_SECS = 10.0
 
 
 def harness_args(
-    uploads: list[Upload], options: BenchOptions, threads: int, runtime: str
+    uploads: list[Upload],
+    options: BenchOptions,
+    threads: int,
+    runtime: str,
+    check: tuple[int, int] | None = None,
 ) -> list[str]:
-    """The harness command line on the device (after the interpreter)."""
+    """The harness command line on the device (after the interpreter);
+    ``check`` = (count, seed) of the outputs check's inputs."""
     args = [
         uploads[1].remote,
         uploads[0].remote,
@@ -63,6 +68,8 @@ def harness_args(
     ]
     if len(uploads) > 2:
         args += ["--input", uploads[2].remote]
+    if check is not None:
+        args += ["--check-outputs", str(check[0]), "--check-seed", str(check[1])]
     return args
 
 
