@@ -34,8 +34,9 @@ Facts this rests on (measured with qemu 7.2 and ai-edge-litert 2.3):
   ``manylinux_2_N_aarch64`` up to the rootfs's glibc is listed.
 
 Under ``-L`` a path missing from the board falls through to the host's file,
-so the wrapper passes ``-E -s`` (no host PYTHON* variables, no user site) and
-the rootfs has empty ``/usr/local`` site folders that hide the host's.
+so the wrapper passes ``-E -s -B`` (no host PYTHON* variables, no user site, no
+bytecode written), the rootfs has empty ``/usr/local`` site folders that hide
+the host's, and its Python is byte-compiled when it is prepared.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ DEBIAN_SUITES = frozenset(
 PACKAGES = ("numpy", "ai-edge-litert")
 WRAPPER = "python3"
 ROOTFS_INFO = "edgec-rootfs.json"
+# Bumped when a rootfs built by an older edgec lacks something: it is then rebuilt.
+ROOTFS_FORMAT = 2
 BOARD_INFO = "board.json"
 
 
@@ -233,12 +236,16 @@ def prepared(board: Board, root: Path | None = None) -> Prepared | None:
     wrapper = lay.wrapper(board)
     if not (info.is_file() and wrapper.is_file() and (lay.board(board) / BOARD_INFO).is_file()):
         return None
+    rootfs = json.loads(info.read_text(encoding="utf-8"))
+    meta = json.loads((lay.board(board) / BOARD_INFO).read_text(encoding="utf-8"))
+    if rootfs.get("format") != ROOTFS_FORMAT or meta.get("format") != ROOTFS_FORMAT:
+        return None
     return Prepared(
         board=board,
         folder=lay.board(board),
         python=wrapper,
         workdir=lay.work(board),
-        rootfs=json.loads(info.read_text(encoding="utf-8")),
+        rootfs=rootfs,
         built=False,
         seconds=0.0,
     )
@@ -487,7 +494,10 @@ def _build_rootfs(
         site = tree / "usr" / "lib" / "python3" / "dist-packages"
         log(f"installing {' '.join(requirements)} into the rootfs ({found})")
         install_wheels(site, source=source, requirements=requirements, target=target)
+        log("compiling the Python sources (the emulated python writes no bytecode)")
+        _precompile(tree, python_version)
         info = {
+            "format": ROOTFS_FORMAT,
             "suite": SUITE,
             "arch": ARCH,
             "variant": "minbase",
@@ -529,6 +539,34 @@ def install_wheels(
     return _installed(site)
 
 
+def _precompile(tree: Path, python_version: str) -> None:
+    """Byte-compile the rootfs's Python (dpkg -x runs no py3compile).
+
+    Under ``-L`` a file missing from the rootfs falls through to the host's, so
+    a guest writing ``__pycache__/x.pyc`` would write into the host's
+    /usr/lib/python3.X when the rootfs lacks that folder. So every source
+    folder gets its ``__pycache__`` here, compiled by the host's Python when
+    it is the same version (same bytecode), else by the emulated one; the
+    wrapper then runs with ``-B``.
+    """
+    roots = [
+        tree / "usr" / "lib" / f"python{python_version}",
+        tree / "usr/lib/python3/dist-packages",
+    ]
+    for root in roots:
+        for folder in {p.parent for p in root.rglob("*.py")}:
+            (folder / "__pycache__").mkdir(exist_ok=True)
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if host == python_version:
+        argv = [sys.executable, "-m", "compileall", "-q", "-j", "2", *map(str, roots)]
+    else:  # another bytecode version: the emulated python compiles its own (slower)
+        guest = ["/" + str(r.relative_to(tree)) for r in roots]
+        python = str(tree / "usr" / "bin" / f"python{python_version}")
+        argv = [_need_tool(QEMU, "qemu-user-static"), "-L", str(tree), python, "-E", "-s"]
+        argv += ["-m", "compileall", "-q", *guest]
+    _run(argv, "byte-compiling the rootfs's Python", timeout=1800)
+
+
 def _rootfs_python(tree: Path) -> str:
     link = tree / "usr" / "bin" / "python3"
     name = os.readlink(link) if link.is_symlink() else ""
@@ -554,7 +592,7 @@ def wrapper_script(board: Board, folder: Path, python_version: str, qemu: str) -
     """
     me = folder / WRAPPER
     argv = [qemu, "-cpu", board.cpu, "-L", str(folder), "-0", str(me)]
-    argv += [str(folder / "usr" / "bin" / f"python{python_version}"), "-E", "-s"]
+    argv += [str(folder / "usr" / "bin" / f"python{python_version}"), "-E", "-s", "-B"]
     return (
         "#!/bin/sh\n"
         f"# edgec emulated board {board.name}: Debian {ARCH} python3 under {QEMU} -cpu "
@@ -578,7 +616,12 @@ def _build_board(board: Board, lay: Layout, rootfs: dict[str, Any]) -> None:
         script = tree / WRAPPER
         script.write_text(wrapper_script(board, final, rootfs["python"], qemu), encoding="utf-8")
         script.chmod(0o755)
-        meta = {"board": board.name, "cpu": board.cpu, "profile": board.profile}
+        meta = {
+            "board": board.name,
+            "cpu": board.cpu,
+            "profile": board.profile,
+            "format": ROOTFS_FORMAT,
+        }
         (tree / BOARD_INFO).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
@@ -602,9 +645,10 @@ def prepare(
         ready = None if rebuild else prepared(board, lay.root)
         if ready is not None:
             return ready
-        built = False
         info_path = lay.rootfs / ROOTFS_INFO
-        if rebuild or not info_path.is_file():
+        current = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        built = rebuild or current.get("format") != ROOTFS_FORMAT
+        if built:
             _build_rootfs(
                 lay.rootfs,
                 mirror=mirror or apt_mirror(),
@@ -612,7 +656,6 @@ def prepare(
                 cache_wheels=lay.wheels,
                 log=log,
             )
-            built = True
         rootfs = json.loads(info_path.read_text(encoding="utf-8"))
         _build_board(board, lay, rootfs)
         lay.work(board).mkdir(parents=True, exist_ok=True)
