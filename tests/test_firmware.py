@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -210,3 +211,201 @@ def test_bad_arena_size_and_nothing_half_written(int8_model, tmp_path):
     with pytest.raises(ConversionError, match="multiple of 16"):
         write_firmware(tmp_path / "firmware", int8_model, arena_bytes=1000)
     assert not (tmp_path / "firmware").exists()
+
+
+# --- flash from a real link: the generated sources, cross-compiled and linked for the MCU ------
+
+ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
+
+# A minimal firmware around firmware/: newlib's start-up (crt0, nosys stubs), a static arena
+# of kTensorArenaSize in .bss, one initialised variable in .data, and a main that reads every
+# byte of the model so nothing is discarded. No TFLM: no package carries its sources.
+_FW_MAIN = r"""
+#include <stdint.h>
+#include "model_data.h"
+alignas(16) uint8_t tensor_arena[kTensorArenaSize];
+volatile uint32_t g_checksum = 1;
+int main() {
+  uint32_t sum = 0;
+  for (unsigned int i = 0; i < g_model_len; ++i) sum += g_model[i];
+  tensor_arena[sum % kTensorArenaSize] = 1;
+  g_checksum = sum;
+  return 0;
+}
+"""
+
+
+def _link_firmware(fw, elf):
+    """Cross-compile ``fw``'s model_data.cc and a small main for a Cortex-M4F, link ``elf``."""
+    assert shutil.which("arm-none-eabi-gcc"), "CI installs gcc-arm-none-eabi"
+    (fw / "fw_main.cc").write_text(_FW_MAIN)
+    cmd = [
+        "arm-none-eabi-gcc",
+        *ARM_FLAGS,
+        "-Os",
+        "-std=c++17",
+        "-fno-exceptions",
+        "-fno-rtti",
+        "-Wall",
+        "-Werror",
+        "--specs=nosys.specs",
+        "-I",
+        str(fw),
+        str(fw / "fw_main.cc"),
+        str(fw / "model_data.cc"),
+        "-o",
+        str(elf),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return elf
+
+
+@pytest.fixture(scope="module")
+def linked(int8_model, tmp_path_factory):
+    """(fit report, ELF path) for int8_model, linked for cortex-m4."""
+    tmp = tmp_path_factory.mktemp("link")
+    report = fit_report(int8_model, load_profile("cortex-m4"), trusted=True)
+    write_firmware(tmp / "firmware", int8_model, report)
+    return report, _link_firmware(tmp / "firmware", tmp / "fw.elf")
+
+
+def test_firmware_elf_sizes_are_what_the_linker_made(int8_model, linked):
+    from elftools.elf.elffile import ELFFile
+
+    from edgec.micro import read_elf
+
+    report, path = linked
+    elf = read_elf(path, arch="armv7e-m")
+    assert elf.machine == "EM_ARM"
+    # GNU size's Berkeley figures: text (code + read-only data), data, bss.
+    berkeley = (
+        subprocess.run(
+            ["arm-none-eabi-size", str(path)], capture_output=True, text=True, check=True
+        )
+        .stdout.splitlines()[1]
+        .split()
+    )
+    text, data, bss = (int(v) for v in berkeley[:3])
+    assert (elf.text + elf.rodata, elf.data, elf.bss) == (text, data, bss)
+    assert elf.flash_bytes == text + data and elf.static_ram_bytes == data + bss
+    # Per section: GNU size's System V listing and pyelftools' own section headers agree.
+    sysv = subprocess.run(
+        ["arm-none-eabi-size", "-A", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    listed = {ln.split()[0]: int(ln.split()[1]) for ln in sysv.splitlines() if ln.startswith(".")}
+    with path.open("rb") as f:
+        own = ELFFile(f)
+        for s in elf.sections:
+            assert listed[s.name] == s.bytes == own.get_section_by_name(s.name)["sh_size"]
+    assert {s.kind for s in elf.sections} == {"text", "rodata", "data", "bss"}
+    # The model is in flash (rodata), the arena in bss, both found by symbol.
+    assert elf.model_bytes == len(int8_model) <= elf.rodata
+    assert elf.arena == ("tensor_arena", report.arena_recommended)
+    assert elf.bss >= report.arena_recommended
+
+
+def test_budgets_are_judged_on_the_measured_link(int8_model, linked, tmp_path):
+    from edgec.errors import BudgetError, InputError
+    from edgec.micro import read_elf
+
+    _, path = linked
+    elf = read_elf(path)
+    r = fit_report(int8_model, load_profile("cortex-m4"), trusted=True, firmware_elf=path)
+    assert r.measured and r.flash_source == "measured" and not r.runtime_code_estimated
+    assert r.flash_bytes == elf.flash_bytes  # linked with this very model and arena
+    assert r.ram_bytes == elf.static_ram_bytes
+    assert r.runtime_code_bytes == elf.flash_bytes - len(int8_model)
+    checks = {c["name"]: c for c in r.budget_checks()}
+    assert checks["flash_bytes"]["measured"] and not checks["flash_bytes"]["estimate"]
+    assert checks["flash_bytes"]["value"] == elf.flash_bytes
+    d = r.to_dict()
+    assert d["flash"]["source"] == "measured" and d["ram"]["source"].startswith("measured")
+    assert d["firmware_elf"]["text"] == elf.text and d["firmware_elf"]["bss"] == elf.bss
+    assert "measured from fw.elf" in r.format_text()
+    assert "(measured from fw.elf)" in r.summary_line()
+
+    tight = tmp_path / "tight.toml"
+    tight.write_text(
+        f'extends = "cortex-m4"\n[budgets]\nflash_bytes = {elf.flash_bytes - 1}\n'
+        f"ram_bytes = {elf.static_ram_bytes - 1}\n"
+    )
+    r = fit_report(int8_model, load_profile(tight), trusted=True, firmware_elf=path)
+    with pytest.raises(BudgetError) as exc:
+        r.raise_for_failures()
+    msg = str(exc.value)
+    assert f"flash {elf.flash_bytes:,} bytes > flash_bytes {elf.flash_bytes - 1:,}" in msg
+    assert "(measured from fw.elf)" in msg
+    assert f"static RAM {elf.static_ram_bytes:,} bytes" in msg and f"bss {elf.bss:,}" in msg
+
+    # Wrong files: a host (x86-64) executable, and something that is not an ELF at all.
+    with pytest.raises(InputError, match=r"built for EM_X86_64, .*'armv7e-m' needs EM_ARM"):
+        read_elf(os.path.realpath(sys.executable), arch="armv7e-m")
+    (tmp_path / "fw.bin").write_bytes(int8_model)
+    with pytest.raises(InputError, match=r"fw\.bin: not a readable ELF file"):
+        fit_report(
+            int8_model, load_profile("cortex-m4"), trusted=True, firmware_elf=tmp_path / "fw.bin"
+        )
+
+
+def test_firmware_elf_from_the_command_line(int8_model, linked, tmp_path):
+    import json
+    from pathlib import Path
+
+    import keras
+
+    from edgec.micro import read_elf
+
+    _, path = linked
+    elf = read_elf(path)
+    edgec = str(Path(sys.executable).with_name("edgec"))
+
+    def run(*args):
+        return subprocess.run([edgec, *args], capture_output=True, text=True, cwd=tmp_path)
+
+    (tmp_path / "m.tflite").write_bytes(int8_model)
+    proc = run("inspect", "m.tflite", "-t", "cortex-m4", "--firmware-elf", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads(proc.stdout)["fit"]
+    assert fit["flash"]["source"] == "measured" and fit["flash"]["bytes"] == elf.flash_bytes
+    proc = run("inspect", "m.tflite", "--firmware-elf", str(path))
+    assert proc.returncode == 2 and "needs --target" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+    # A build judged on that link: the ELF holds another model, so edgec puts its own in place.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.save(tmp_path / "tiny.keras")
+    proc = run(
+        "build",
+        "tiny.keras",
+        "-t",
+        "cortex-m4",
+        "--firmware-elf",
+        str(path),
+        "--out",
+        "out",
+        "--calibration-size",
+        "32",
+    )
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "out" / "tiny" / "cortex-m4"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shipped = (folder / "model.tflite").read_bytes()
+    micro = manifest["micro"]
+    assert micro["flash"]["source"] == "measured"
+    assert micro["flash"]["bytes"] == elf.flash_bytes - len(int8_model) + len(shipped)
+    assert micro["firmware_elf"]["model_symbol_bytes"] == len(int8_model) != len(shipped)
+    assert any("g_model" in n and "in its place" in n for n in micro["notes"])
+    flash = next(c for c in manifest["budgets"]["checks"] if c["name"] == "flash_bytes")
+    assert flash["value"] == micro["flash"]["bytes"] and not flash["estimate"]
+    proc = run("build", "tiny.keras", "-t", "rpi4", "--firmware-elf", str(path), "--out", "o2")
+    assert proc.returncode == 2 and "for microcontroller targets" in proc.stderr
+    assert not (tmp_path / "o2").exists()

@@ -7,6 +7,7 @@ real converter and run in TFLM and LiteRT.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -15,9 +16,8 @@ from edgec.convert import ConvertOptions, convert
 from edgec.data import demo_dataset
 from edgec.errors import BudgetError, ConversionError, ExitCode, InputError
 from edgec.micro import (
-    KERNEL_CODE_BYTES,
-    RUNTIME_BASE_CODE_BYTES,
     choose_smallest,
+    cost_table,
     fit_report,
     micro_candidates,
     recommended_arena,
@@ -111,9 +111,11 @@ def test_arena_figure_is_exact_in_tflm(report, int8_model):
 
 def test_flash_and_ram_budgets(report, int8_model):
     info = read_model(int8_model)
-    kernels = sum(KERNEL_CODE_BYTES.get(op, 3000) for op in info.op_counts)
+    table = cost_table()
+    kernels = sum(table.kernels.get(op, table.default_kernel_code_bytes) for op in info.op_counts)
     assert report.runtime_code_estimated
-    assert report.runtime_code_bytes == RUNTIME_BASE_CODE_BYTES + kernels
+    raw = table.base_code_bytes + kernels
+    assert report.runtime_code_bytes == math.ceil(raw * (1 + table.code_margin)) > raw
     assert report.flash_bytes == len(int8_model) + report.runtime_code_bytes
     assert report.ram_bytes == report.arena_recommended + report.interpreter_ram_bytes
     checks = {c.name: c for c in report.checks}
@@ -225,3 +227,86 @@ def test_choose_smallest_keeps_per_tensor_dense_when_it_agrees(digits):
     text = choice.format_text()
     assert "per-tensor dense" in text and "per-channel dense" in text
     json.dumps(choice.to_dict())
+
+
+def test_cost_table_is_data_checked_strictly(tmp_path):
+    from edgec.errors import ProfileError
+    from edgec.micro import load_cost_table
+
+    table = cost_table()
+    assert table.file == "targets/costs/tflm-cortex-m.toml"
+    assert table.kernels["CONV_2D"] > table.kernels["RESHAPE"] > 0
+    good = (
+        'description = "d"\nsource = "s"\n[runtime]\nbase_code_bytes = 1\n'
+        "default_kernel_code_bytes = 2\ncode_margin = 0.5\nuncertainty = 0.25\n[ram]\ninterpreter_bytes = 3\nresolver_bytes_per_op = 4\n"
+    )
+    (tmp_path / "ok.toml").write_text(good + "[kernels]\nCONV_2D = 5\n")
+    assert load_cost_table(tmp_path / "ok.toml").kernel_code({"CONV_2D": 2, "ADD": 1}) == {
+        "ADD": 2,
+        "CONV_2D": 5,
+    }
+    bad = {
+        "typo.toml": (good + "[kernels]\nCONV2D = 5\n", r"'kernels.CONV2D' is not an op TFLM"),
+        "neg.toml": (good + "[kernels]\nADD = -1\n", r"'kernels.ADD' = -1 must be a whole number"),
+        "key.toml": ("margn = 1\n" + good, r"unknown key .margn."),
+        "sub.toml": (
+            good.replace("base_code", "basecode"),
+            r"unknown key 'runtime.basecode_bytes'",
+        ),
+    }
+    for name, (text, msg) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ProfileError, match=msg):
+            load_cost_table(tmp_path / name)
+
+
+def test_too_big_for_the_board_is_a_budget_error_before_tflm_runs(int8_model, report, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgec.micro import lower_bounds
+
+    info = read_model(int8_model)
+    bounds = lower_bounds(int8_model, info)
+    # pool_a reads conv_a's 6x6x8 int8 output and writes 3x3x8: both live at once (conv_a
+    # itself holds 8x8x1 + 6x6x8, less).
+    assert (bounds.op, bounds.ram_bytes) == ("MAX_POOL_2D", 6 * 6 * 8 + 3 * 3 * 8)
+    assert bounds.flash_bytes == len(int8_model)
+    # A lower bound: TFLM's measured activations (the arena head) are never smaller.
+    assert bounds.ram_bytes <= report.arena_head
+    tiny = tmp_path / "tiny-board.toml"
+    tiny.write_text('extends = "cortex-m4"\n[budgets]\nflash_bytes = 1000\nram_bytes = 256\n')
+    with pytest.raises(BudgetError) as exc:
+        fit_report(int8_model, load_profile(tiny), trusted=True)
+    msg = str(exc.value)
+    assert exc.value.exit_code == ExitCode.BUDGET
+    assert "before TFLM runs" in msg
+    assert f"model alone is {len(int8_model):,} bytes > flash_bytes 1,000" in msg
+    assert f"op MAX_POOL_2D alone holds {bounds.ram_bytes:,} bytes" in msg
+    assert "> ram_bytes 256" in msg
+
+    # As a user meets it: edgec inspect --target exits 5 with one line.
+    (tmp_path / "m.tflite").write_bytes(int8_model)
+    edgec = str(Path(sys.executable).with_name("edgec"))
+    proc = subprocess.run(
+        [edgec, "inspect", str(tmp_path / "m.tflite"), "--target", str(tiny)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == ExitCode.BUDGET, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "before TFLM runs" in lines[0] and "ram_bytes 256" in lines[0]
+
+
+def test_code_estimate_covers_the_measured_resnet8_link():
+    # A real link of the MLPerf Tiny ResNet-8 int8 firmware (Cortex-M4F, TFLM + CMSIS-NN, gcc
+    # 12.2, default registrations): text + rodata + data besides the model was 112,092 B, and
+    # 764 B of static RAM besides the 61,440 B arena (data 116 + bss 62,088, 6 ops).
+    table = cost_table()
+    ops = dict.fromkeys(
+        ["CONV_2D", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"], 1
+    )
+    assert table.code_bytes(ops) >= 112_092 * 1.1  # covered with room, not only just
+    assert table.interpreter_ram(ops) >= 764
+    assert 0 < table.uncertainty < 1 and table.code_margin > 0

@@ -14,7 +14,7 @@ import keras
 
 from edgec.convert import ConvertOptions, convert
 from edgec.data import Dataset, demo_dataset
-from edgec.errors import RecipeError, UnsupportedModelError
+from edgec.errors import InputError, RecipeError, UnsupportedModelError
 from edgec.passes import get_pass, pass_ids
 from edgec.passes.cluster import ClusterParams, ClusterPass, kmeans_1d
 from edgec.passes.distill import DistillParams, DistillPass
@@ -103,9 +103,11 @@ def _kernels(model) -> dict[str, np.ndarray]:
 
 
 def test_registry_lists_the_four_passes() -> None:
-    assert pass_ids() == ["cluster", "distill", "lowrank", "prune"]
+    assert pass_ids() == ["cluster", "distill", "lowrank", "prune", "prune-channels"]
     assert get_pass("prune") is PrunePass
-    with pytest.raises(RecipeError, match="valid: cluster, distill, lowrank, prune"):
+    with pytest.raises(
+        RecipeError, match="valid: cluster, distill, lowrank, prune, prune-channels"
+    ):
         get_pass("quantise")
 
 
@@ -341,3 +343,37 @@ def test_unsupported_models_name_the_layer(pass_id, digits) -> None:
     sub(digits.x_val[:2])
     with pytest.raises(UnsupportedModelError, match="subclassed model \\(Subclassed\\)"):
         cls(cls.Params(epochs=1)).run(sub, _ctx(digits))
+
+
+@pytest.mark.parametrize("pass_id", pass_ids())
+def test_manager_never_modifies_the_input_model(pass_id, residual, digits) -> None:
+    before = [w.copy() for w in residual.get_weights()]
+    config = residual.get_config()
+    cls = get_pass(pass_id)
+    model, records = PassManager([cls(cls.Params(epochs=1))]).run(residual, _ctx(digits, 0.5))
+    assert model is not residual and records[0].id == pass_id
+    assert residual.get_config() == config
+    for old, new in zip(before, residual.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_manager_checks_requirements_before_the_pass_runs(cnn, digits) -> None:
+    unlabeled = Dataset(
+        x_train=digits.x_train, y_train=None, x_val=digits.x_val, y_val=None, source="x only"
+    )
+    with pytest.raises(InputError, match="pass 'distill' needs labeled training data"):
+        PassManager([DistillPass()]).run(cnn, _ctx(unlabeled))
+    sigmoid = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="sigmoid", name="probs"),
+        ]
+    )
+    with pytest.raises(
+        UnsupportedModelError, match=r"^prune: output layer 'probs' has activation 'sigmoid'"
+    ):
+        PassManager([PrunePass()]).run(sigmoid, _ctx(digits))
+    # Without fine-tuning, prune needs neither labels nor class scores.
+    model, _ = PassManager([PrunePass(PruneParams(epochs=0))]).run(sigmoid, _ctx(unlabeled))
+    assert np.mean(model.get_layer("probs").kernel.numpy() == 0) == pytest.approx(0.8, abs=0.01)

@@ -53,9 +53,9 @@ def test_unknown_budget_key_and_bad_values(tmp_path):
     path.write_text('extends = "rpi4"\n[budgets]\nlatency = 3\n')
     with pytest.raises(ProfileError, match=r"unknown key 'budgets.latency'.*latency_ms"):
         load_profile(path)
-    path.write_text('extends = "rpi4"\nquantization = "int4"\n')
+    path.write_text('extends = "rpi4"\nquantization = "int3"\n')
     with pytest.raises(
-        ProfileError, match=r"'quantization' = 'int4' is not one of: float32, dynamic"
+        ProfileError, match=r"'quantization' = 'int3' is not one of: float32, dynamic"
     ):
         load_profile(path)
     path.write_text('extends = "rpi4"\n[budgets]\nram_bytes = "lots"\n')

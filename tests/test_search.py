@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
-import time
+import pickle
 
 import numpy as np
 import pytest
@@ -13,13 +14,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 
-from edgec.convert import ConvertOptions, convert
+from edgec.convert import ConvertOptions
 from edgec.data import Dataset, demo_dataset
-from edgec.pipeline import PassContext
+from edgec.executor import LocalExecutor
+from edgec.passes.common import accuracy
+from edgec.pipeline import count_params
 from edgec.profiles import Quantization
 from edgec.recipe import Step
 from edgec.runtime import TFLiteModel
-from edgec.search import Ladder, Measurement, Rung, default_ladder, search
+from edgec.search import (
+    CandidateJob,
+    Ladder,
+    Rung,
+    SearchShared,
+    default_ladder,
+    keras_from_bytes,
+    keras_to_bytes,
+    run_candidate,
+    run_search,
+)
 
 ROW_KEYS = {
     "label",
@@ -58,25 +71,21 @@ def model(digits: Dataset):
     return m
 
 
-def _evaluator(digits: Dataset):
-    def evaluate(keras_model, label: str) -> Measurement:
-        content = convert(
-            keras_model, ConvertOptions(quantization=Quantization.INT8), digits.calibration(100)
-        )
-        runner = TFLiteModel(content)
-        start = time.perf_counter()
-        pred = runner.predict(digits.x_val)
-        ms = (time.perf_counter() - start) * 1000 / len(digits.x_val)
-        acc = float(np.mean(pred.argmax(-1) == digits.y_val))
-        return Measurement(
-            bytes=len(content),
-            gzip_bytes=len(gzip.compress(content, 9)),
-            accuracy=acc,
-            host_latency_ms=ms,
-            payload=content,
-        )
+def _run(model, digits: Dataset, ladder: Ladder, bound: float, **kw):
+    """A real search: int8 with the real converter, measured by LiteRT, local executor."""
+    return run_search(
+        model,
+        digits,
+        options=OPTIONS,
+        calibration=digits.calibration(100),
+        max_accuracy_drop=bound,
+        reference_accuracy=accuracy(model, digits.x_val, digits.y_val),
+        ladder=ladder,
+        **kw,
+    )
 
-    return evaluate
+
+OPTIONS = ConvertOptions(quantization=Quantization.INT8)
 
 
 def _ladder(*families: tuple[tuple[str, str, dict], ...], combine: bool = True) -> Ladder:
@@ -97,8 +106,8 @@ def test_search_keeps_the_smallest_artifact_within_the_bound(model, digits) -> N
         ),
         (("cluster k=16", "cluster", {"k": 16, "epochs": 0}),),
     )
-    ctx = PassContext(data=digits, seed=0, epochs_scale=0.5)
-    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=0.03, ladder=ladder)
+    lines: list[str] = []
+    result = _run(model, digits, ladder, 0.03, epochs_scale=0.5, log=lines.append)
     table = result.table
     labels = [row["label"] for row in table]
     assert labels[0] == "plain" and all(set(row) == ROW_KEYS for row in table)
@@ -115,9 +124,22 @@ def test_search_keeps_the_smallest_artifact_within_the_bound(model, digits) -> N
     assert result.chosen.accuracy_drop <= 0.03
     best_ok = min((r for r in table if r["ok"]), key=lambda r: (r["gzip_bytes"], r["bytes"]))
     assert result.chosen.label == best_ok["label"]
-    assert isinstance(result.chosen.measurement.payload, bytes)  # the caller's artifact comes back
     assert result.to_dict()["chosen"] == result.chosen.label
     assert result.chosen.records and result.chosen.records[0]["id"] in ("prune", "cluster")
+    # The artifact handed back is the one measured: LiteRT gives the same accuracy on it.
+    pred = TFLiteModel(result.content).predict(digits.x_val).argmax(-1)
+    assert round(float(np.mean(pred == digits.y_val)), 6) == result.chosen.measurement.accuracy
+    assert result.chosen.measurement.gzip_bytes == len(gzip.compress(result.content, 9, mtime=0))
+    # Only the chosen row keeps its bytes; the chosen Keras model is the candidate's, loaded back.
+    assert all(
+        c.measurement.content is None
+        for c in result.candidates
+        if c is not result.chosen and c.measurement
+    )
+    assert count_params(result.model) == result.chosen.params
+    # Progress: candidates done of total, with the best so far.
+    assert lines[-1].startswith(f"search {len(table)}/{len(table)}: ")
+    assert f"best so far {result.chosen.label!r}" in lines[-1]
 
 
 def test_no_candidate_within_bound_keeps_the_most_accurate(model, digits) -> None:
@@ -127,8 +149,7 @@ def test_no_candidate_within_bound_keeps_the_most_accurate(model, digits) -> Non
             ("cluster k=2", "cluster", {"k": 2, "epochs": 0}),
         )
     )
-    ctx = PassContext(data=digits, seed=0)
-    result = search(model, ctx, evaluate=_evaluator(digits), max_accuracy_drop=-1.0, ladder=ladder)
+    result = _run(model, digits, ladder, -1.0)
     assert not result.met
     assert [r["label"] for r in result.table] == ["plain", "cluster k=4"]  # stopped at a failure
     drops = {r["label"]: r["accuracy_drop"] for r in result.table}
@@ -137,31 +158,93 @@ def test_no_candidate_within_bound_keeps_the_most_accurate(model, digits) -> Non
 
 def test_budgets_decide_too(model, digits) -> None:
     ladder = _ladder((("cluster k=16", "cluster", {"k": 16, "epochs": 0}),))
-    ctx = PassContext(data=digits, seed=0)
-    evaluate = _evaluator(digits)
-    plain_gzip = evaluate(model, "probe").gzip_bytes
-    # A gzip budget only the clustered model can meet.
-    result = search(
-        model,
-        ctx,
-        evaluate=evaluate,
-        max_accuracy_drop=0.05,
-        fits_budgets=lambda m: m.gzip_bytes < plain_gzip,
-        ladder=ladder,
+    shared = SearchShared(
+        model=keras_to_bytes(model),
+        data=digits,
+        options=OPTIONS,
+        calibration=digits.calibration(100),
     )
+    plain_gzip = run_candidate(shared, CandidateJob(label="plain", steps=())).measurement.gzip_bytes
+    # A gzip budget only the clustered model can meet.
+    result = _run(model, digits, ladder, 0.05, fits_budgets=lambda m: m.gzip_bytes < plain_gzip)
     rows = {r["label"]: r for r in result.table}
     assert rows["plain"]["fits_budgets"] is False and rows["plain"]["ok"] is False
     assert result.met and result.chosen.label == "cluster k=16"
     # Nothing fits: met is False, and the smallest within the accuracy bound is kept.
-    result = search(
-        model,
-        ctx,
-        evaluate=evaluate,
-        max_accuracy_drop=0.05,
-        fits_budgets=lambda m: False,
-        ladder=ladder,
-    )
+    result = _run(model, digits, ladder, 0.05, fits_budgets=lambda m: False)
     assert not result.met and result.chosen.label == "cluster k=16"
+
+
+class ReversedExecutor(LocalExecutor):
+    """Runs the jobs last first: an executor whose completion order is not the job order."""
+
+    name = "reversed"
+
+    def map(self, fn, shared, jobs, *, resources=None):
+        outcomes = list(super().map(fn, shared, list(reversed(jobs)), resources=resources))
+        for i, outcome in outcomes:
+            yield len(jobs) - 1 - i, outcome
+
+
+def _raises_on_cluster8(shared: SearchShared, job: CandidateJob):
+    if job.label.startswith("cluster k=8"):
+        raise RuntimeError("injected failure in this one candidate")
+    return run_candidate(shared, job)
+
+
+def test_the_answer_does_not_depend_on_completion_order_and_a_failing_job_is_a_row(
+    model, digits
+) -> None:
+    ladder = _ladder(
+        (
+            ("cluster k=32", "cluster", {"k": 32, "epochs": 0}),
+            ("cluster k=8", "cluster", {"k": 8, "epochs": 0}),
+        ),
+        (("prune 50%", "prune", {"final_sparsity": 0.5, "epochs": 0}),),
+        combine=False,
+    )
+    first = _run(model, digits, ladder, 0.05, job_fn=_raises_on_cluster8)
+    again = _run(
+        model, digits, ladder, 0.05, job_fn=_raises_on_cluster8, executor=ReversedExecutor()
+    )
+    assert again.executor == "reversed"
+
+    def strip(table):
+        # Timings differ run to run; everything measured about the artifact must not.
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "host_latency_ms")} for r in table
+        ]
+
+    assert strip(first.table) == strip(again.table)
+    assert first.chosen.label == again.chosen.label
+    assert first.content == again.content  # every job is seeded: the same bytes either way
+    rows = {r["label"]: r for r in first.table}
+    assert rows["cluster k=8"]["error"] == "RuntimeError: injected failure in this one candidate"
+    assert rows["cluster k=8"]["ok"] is False and rows["cluster k=8"]["bytes"] is None
+    assert rows["prune 50%"]["bytes"] is not None  # the search went on
+
+
+def test_a_job_outcome_is_picklable_and_holds_no_keras_object(model, digits) -> None:
+    shared = SearchShared(
+        model=keras_to_bytes(model),
+        data=digits,
+        options=OPTIONS,
+        calibration=digits.calibration(50),
+    )
+    job = CandidateJob(
+        label="cluster k=16", steps=(Step(id="cluster", params={"k": 16, "epochs": 0}),)
+    )
+    outcome = run_candidate(pickle.loads(pickle.dumps(shared)), pickle.loads(pickle.dumps(job)))
+    back = pickle.loads(pickle.dumps(outcome))
+    assert back.measurement.content == outcome.measurement.content
+    assert back.measurement.bytes == len(outcome.measurement.content)
+    assert keras_from_bytes(back.model).count_params() == outcome.params
+    # A pass that fails is that job's error, not an exception out of the job.
+    bad = CandidateJob(label="lowrank", steps=(Step(id="lowrank", params={"param_fraction": 0.5}),))
+    failed = run_candidate(
+        dataclasses.replace(shared, data=dataclasses.replace(digits, y_train=None)), bad
+    )
+    assert failed.measurement is None and "labeled training data" in failed.error
 
 
 def test_default_ladder_steps_strength_up() -> None:

@@ -30,7 +30,7 @@ def library_versions() -> dict[str, str]:
         "tensorflow",
         "keras",
         "ai-edge-litert",
-        "ai-edge-quantizer",
+        "litert-quantizer",
         "numpy",
         "tflite-micro",
     ):

@@ -18,13 +18,14 @@ from typing import Any
 from edgec import __version__
 from edgec.agreement import REFERENCE_FILE, build_reference
 from edgec.artifact import library_versions, write_artifact
-from edgec.convert import ConvertOptions, convert
+from edgec.convert import ConvertOptions, conversion_facts, convert
 from edgec.data import Dataset, load_dataset
-from edgec.errors import InputError, UnsupportedModelError
+from edgec.errors import InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.loaders import LoadedModel, load_model
 from edgec.modelinfo import read_model
-from edgec.profiles import IODtype, Profile, Quantization, load_profile
+from edgec.profiles import IODtype, Profile, Quantization, load_profile, with_quantization
+from edgec.schemes import scheme
 
 Log = Callable[[str], None]
 
@@ -43,6 +44,12 @@ class BuildRequest:
     calibration_size: int = 300
     seed: int = 0
     epochs_scale: float = 1.0
+    quantization: Quantization | None = None  # replaces every profile's scheme for this build
+    firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
+    # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
+    trust_model: bool = False
+    executor: str = "local"  # where the search's candidates run: local | ray (edgec.executor)
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,10 +126,13 @@ class BuildResult:
 
 
 def build(req: BuildRequest, log: Log = print) -> BuildResult:
-    profiles = [load_profile(t) for t in req.targets]  # every profile checked before any work
+    # Every profile checked before any work.
+    profiles = [target_profile(load_profile(t), req) for t in req.targets]
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
-    model = load_model(req.model)
+    if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
+        raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
+    model = load_model(req.model, trust=req.trust_model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
@@ -146,6 +156,20 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
 
         render_build_summary(req.out / model.name)
     return result
+
+
+def target_profile(profile: Profile, req: BuildRequest) -> Profile:
+    """The profile as this build uses it: ``--quantization`` replaces its scheme."""
+    if req.quantization is None:
+        return profile
+    return with_quantization(profile, req.quantization)
+
+
+def _accuracy_bound(req: BuildRequest, profile: Profile) -> float:
+    if req.max_accuracy_drop is not None:
+        return req.max_accuracy_drop
+    b = profile.budgets.max_accuracy_drop
+    return b if b is not None else 0.01
 
 
 def _check_labels(model: LoadedModel, data: Dataset) -> None:
@@ -210,7 +234,12 @@ def _compress(
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
     ctx = PassContext(
-        data=data, profile=profile, seed=req.seed, epochs_scale=req.epochs_scale, log=log
+        data=data,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        log=log,
+        trust_model=req.trust_model,
     )
     compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
     done = Compression(
@@ -231,42 +260,34 @@ def _search(
     calibration: Any,
     log: Log,
 ) -> Compression:
-    from edgec.evaluate import gzip_size
-    from edgec.search import Measurement, search
+    from edgec.executor import open_executor
+    from edgec.search import run_search
 
     if not data.labeled or base.metrics.get("accuracy") is None:
         raise InputError("the accuracy-aware search needs labeled data: give --data")
-    bound = req.max_accuracy_drop
-    if bound is None:
-        bound = (
-            profile.budgets.max_accuracy_drop
-            if profile.budgets.max_accuracy_drop is not None
-            else 0.01
-        )
-    options = convert_options(profile, profile.quantization)
-
-    def measure(candidate: Any, label: str) -> Measurement:
-        content = convert(candidate, options, calibration)
-        m = evaluate(content, data, threads=profile.threads).metrics
-        log(
-            f"[{profile.name}] search {label}: {len(content):,} bytes, accuracy {_pct(m['accuracy'])}"
-        )
-        return Measurement(
-            bytes=len(content),
-            gzip_bytes=gzip_size(content),
-            accuracy=m["accuracy"],
-            host_latency_ms=m.get("host_latency_ms"),
-        )
-
-    limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
-    result = search(
-        done.source,
-        ctx,
-        evaluate=measure,
-        max_accuracy_drop=bound,
-        fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
-        reference_accuracy=base.metrics["accuracy"],
+    bound = _accuracy_bound(req, profile)
+    # A per-layer scheme is measured at int8 here; its layers are chosen on the result.
+    per_layer = scheme(profile.quantization).per_layer_int4
+    options = convert_options(
+        profile, profile.quantization, **({"int4_layers": ()} if per_layer else {})
     )
+    limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
+    with open_executor(req.executor, req.ray_address) as executor:
+        result = run_search(
+            done.source,
+            data,
+            options=options,
+            calibration=calibration,
+            max_accuracy_drop=bound,
+            reference_accuracy=base.metrics["accuracy"],
+            profile=profile,
+            fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
+            seed=req.seed,
+            epochs_scale=req.epochs_scale,
+            threads=profile.threads,
+            executor=executor,
+            log=lambda message: log(f"[{profile.name}] {message}"),
+        )
     chosen = result.chosen
     log(
         f"[{profile.name}] search chose {chosen.label!r}"
@@ -286,13 +307,51 @@ def _search(
 
 
 def convert_options(profile: Profile, quantization: Quantization, **extra: Any) -> ConvertOptions:
-    integer = quantization is Quantization.INT8
+    integer = scheme(quantization).integer_only
     return ConvertOptions(
         quantization=quantization,
         input_dtype=profile.input_dtype if integer else IODtype.FLOAT32,
         output_dtype=profile.output_dtype if integer else IODtype.FLOAT32,
+        float_fallback=profile.float_fallback,
         **extra,
     )
+
+
+def _precision(
+    req: BuildRequest,
+    profile: Profile,
+    quantization: Quantization,
+    source: Any,
+    data: Dataset,
+    calibration: Any,
+    base: Evaluation,
+    log: Log,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ConvertOptions extras for a scheme chosen per layer (mixed-int4), and the plan's record."""
+    if not scheme(quantization).per_layer_int4:
+        return {}, None
+    from edgec.precision import choose_int4_layers
+
+    flat = (
+        source
+        if isinstance(source, bytes)
+        else convert(source, ConvertOptions(quantization=Quantization.FLOAT32))
+    )
+    plan = choose_int4_layers(
+        flat,
+        convert_options(profile, quantization, int4_layers=()),
+        calibration,
+        data,
+        reference_accuracy=base.metrics.get("accuracy"),
+        max_accuracy_drop=_accuracy_bound(req, profile),
+        threads=profile.threads,
+    )
+    log(
+        f"[{profile.name}] {quantization}: int4 weights on {len(plan.int4_layers)} of "
+        f"{len(plan.layers)} conv/dense layers (accuracy {_pct(plan.accuracy)}, "
+        f"all-int8 {_pct(plan.int8_accuracy)})"
+    )
+    return {"int4_layers": plan.int4_layers}, plan.to_dict()
 
 
 def _artifact_entry(
@@ -301,6 +360,7 @@ def _artifact_entry(
     content: bytes,
     ev: Evaluation,
     baseline_accuracy: float | None,
+    precision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     info = read_model(content, file)
     metrics = dict(ev.metrics)
@@ -315,6 +375,7 @@ def _artifact_entry(
         "ops": info.op_counts,
         "param_count": info.param_count,
         "macs": info.macs(),
+        "conversion": {**conversion_facts(content), "precision": precision},
         "metrics": metrics,
     }
 
@@ -360,22 +421,44 @@ def _build_target(
     schemes = (profile.quantization, *profile.variants)
     choice = None
     for i, quantization in enumerate(schemes):
+        extra, precision = _precision(
+            req, profile, quantization, source, data, calibration, base, log
+        )
         if i == 0 and profile.is_micro:
-            choice = _micro_choice(source, profile, data, calibration, base, log)
+            choice = _micro_choice(
+                source,
+                profile,
+                data,
+                calibration,
+                base,
+                log,
+                firmware_elf=req.firmware_elf,
+                **extra,
+            )
             content = choice.content
         else:
-            content = convert(source, convert_options(profile, quantization), calibration)
+            content = convert(source, convert_options(profile, quantization, **extra), calibration)
         name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
         ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
         files[name] = content
         artifacts.append(
-            _artifact_entry(name, quantization, content, ev, base.metrics.get("accuracy"))
+            _artifact_entry(
+                name, quantization, content, ev, base.metrics.get("accuracy"), precision
+            )
         )
         m = artifacts[-1]["metrics"]
         log(
             f"[{profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.get('accuracy'))}, "
             f"agreement {_pct(m.get('top1_agreement'))}"
         )
+        fallback = artifacts[-1]["conversion"]["float_fallback_ops"]
+        if fallback:
+            log(
+                f"[{profile.name}] {name}: float fall-back ops kept (no int8 kernel): "
+                + ", ".join(f"{r['op']} x{r['count']}" for r in fallback)
+                + f"; {100 * artifacts[-1]['conversion']['float_fallback_compute_share']:.2f}% "
+                "of the compute (estimate)"
+            )
 
     # The host's outputs on fixed seeded inputs, so `edgec bench --check-outputs`
     # catches a device (or a model changed since the build) that computes otherwise.
@@ -463,15 +546,27 @@ def _fmt(name: str, value: float) -> str:
 
 
 def _micro_choice(
-    source: Any, profile: Profile, data: Dataset, calibration: Any, base: Evaluation, log: Log
+    source: Any,
+    profile: Profile,
+    data: Dataset,
+    calibration: Any,
+    base: Evaluation,
+    log: Log,
+    *,
+    firmware_elf: Path | None = None,
+    **extra: Any,
 ) -> Any:
     """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
     from edgec import micro
 
     rows = min(len(data.x_val), 64)
-    candidates = micro.micro_candidates(source, profile, calibration)
+    candidates = micro.micro_candidates(source, profile, calibration, **extra)
     choice = micro.choose_smallest(
-        candidates, profile, data.x_val[:rows], reference_outputs=base.outputs[:rows]
+        candidates,
+        profile,
+        data.x_val[:rows],
+        reference_outputs=base.outputs[:rows],
+        firmware_elf=firmware_elf,
     )
     if len(candidates) > 1:
         log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")

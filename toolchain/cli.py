@@ -20,10 +20,38 @@ import click
 
 from edgec import __version__
 from edgec.errors import EdgecError
+from edgec.schemes import Quantization
+from edgec.schemes import names as scheme_names
 
 
 class _Group(click.Group):
-    """Turns EdgecError into one line and its exit code, unless --debug."""
+    """Turns EdgecError, and click's own usage errors, into one line and an exit code.
+
+    ``--debug`` shows an EdgecError's traceback instead. With ``--json`` on the
+    command line a usage error also prints the JSON error envelope on stdout.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            # Not standalone: click raises its errors here instead of printing usage text.
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            code = _usage_error(exc, as_json="--json" in argv)
+        except click.Abort:
+            click.echo("edgec: interrupted", err=True)
+            code = 130
+        # The commands return None; an int is the code of an explicit ctx.exit().
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -36,6 +64,25 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("edgec: interrupted", err=True)
             ctx.exit(130)
+
+
+def _usage_error(exc: click.ClickException, *, as_json: bool) -> int:
+    """Print a click error as edgec's one line (and the JSON envelope); return its code."""
+    from edgec.errors import ExitCode
+
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and ctx is not None:
+        click.echo(ctx.get_help())  # a bare `edgec` or `edgec device` asks for the help
+        return 0
+    # Click's own errors are all about the command line; its FileError says 1.
+    code = max(int(exc.exit_code), int(ExitCode.USAGE))
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if ctx is not None:
+        message += f"; see '{ctx.command_path} --help'"
+    if as_json:
+        emit_json({"ok": False, "error": message, "exit_code": code})
+    click.echo(f"edgec: error: {message}", err=True)
+    return code
 
 
 _USES_TENSORFLOW = {"build", "demo", "eval"}
@@ -154,10 +201,28 @@ def _finish_build(result: Any, as_json: bool) -> None:
         raise BudgetError(f"budget check failed for {failed}")
 
 
+def _output_dir(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """An output folder must be one edgec can create or write into: checked before any work.
+
+    Nothing is created here; the nearest existing ancestor must be a writable folder.
+    """
+    probe = value
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        kind = "a file" if probe.is_file() else "not a folder (a device or special file)"
+        where = "" if probe == value else f", and {value} would be inside it"
+        raise click.BadParameter(f"{probe} is {kind}{where}; give a folder", ctx, param)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"folder {probe} is not writable; give another folder", ctx, param)
+    return value
+
+
 _OUT = click.option(
     "--out",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_output_dir,
     default=Path("out"),
     show_default=True,
     help="Output folder.",
@@ -211,7 +276,24 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     show_default=True,
     help="Representative samples drawn from the training data for int8 calibration.",
 )
+@click.option(
+    "--quantization",
+    type=click.Choice(scheme_names()),
+    help="Use this quantization scheme instead of each target profile's (one build).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your linked firmware (.elf) around firmware/: judge microcontroller flash and RAM "
+    "on its measured sections instead of the estimate.",
+)
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Load a model that carries code (Lambda layers, custom objects), as Keras's "
+    "safe_mode=False does; only for files you trust.",
+)
 @_JSON
 def build(
     model: Path | None,
@@ -224,7 +306,10 @@ def build(
     max_accuracy_drop: float | None,
     keep_failed: bool,
     calibration_size: int,
+    quantization: str | None,
     seed: int,
+    firmware_elf: Path | None,
+    trust_model: bool,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
@@ -238,6 +323,9 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "quantization": None if quantization is None else Quantization(quantization),
+        "firmware_elf": firmware_elf,
+        "trust_model": trust_model,
     }
     with _json_errors(as_json):
         if model is None:
@@ -270,13 +358,18 @@ def demo(out: Path, epochs: int, as_json: bool) -> None:
 @click.option(
     "--target", "-t", help="Also run it in TFLM and check this microcontroller profile's budgets."
 )
+@click.option(
+    "--firmware-elf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --target: measure flash and static RAM from this linked firmware (.elf).",
+)
 @_JSON
-def inspect(model: Path, target: str | None, as_json: bool) -> None:
+def inspect(model: Path, target: str | None, firmware_elf: Path | None, as_json: bool) -> None:
     """Ops, tensors, parameters, size, MACs and I/O quantization of a .tflite."""
     from edgec.inspect import inspect_tflite
 
     with _json_errors(as_json):
-        report = inspect_tflite(model, target)
+        report = inspect_tflite(model, target, firmware_elf=firmware_elf)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -692,6 +785,7 @@ _SIGNERS_HELP = (
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_output_dir,
     default=Path("dist"),
     show_default=True,
     help="Where the bundle and SHA256SUMS go.",

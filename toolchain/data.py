@@ -147,6 +147,8 @@ def split_train_val(
 
 def _labels(y: np.ndarray, where: str) -> np.ndarray:
     y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise InputError(f"{where}: labels must be class indices (numbers), got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows
         y = y.argmax(axis=1)
     y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
@@ -171,22 +173,27 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"data {path}: not a readable .npz file ({exc})") from exc
+    except AttributeError:  # np.load of a plain .npy renamed .npz returns an array
+        raise InputError(f"data {path}: not a readable .npz file (one array, no keys)") from None
     keys = set(arrays)
     if {"x_train", "y_train", "x_val", "y_val"} <= keys:
-        parts = [arrays[k] for k in ("x_train", "y_train", "x_val", "y_val")]
+        pairs = {name: (arrays[f"x_{name}"], arrays[f"y_{name}"]) for name in ("train", "val")}
     elif {"x", "y"} <= keys:
-        parts = list(split_train_val(arrays["x"], arrays["y"], val_fraction, seed))
+        pairs = {"": (arrays["x"], arrays["y"])}
     else:
         raise InputError(
             f"data {path}: keys {sorted(keys)}; expected x_train, y_train, x_val, y_val "
             "(or x and y, split here)"
         )
-    x_train, y_train, x_val, y_val = parts
-    for name, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
-        if len(x) != len(y):
-            raise InputError(f"data {path}: x_{name} has {len(x)} rows but y_{name} has {len(y)}")
-        if not np.issubdtype(np.asarray(x).dtype, np.number):
-            raise InputError(f"data {path}: x_{name} must be numeric, got {np.asarray(x).dtype}")
+    # Checked before the split: a split of mismatched arrays indexes out of range.
+    for name, (x, y) in pairs.items():
+        _check_pair(path, name, x, y)
+    if "" in pairs:
+        if len(pairs[""][0]) < 2:
+            raise InputError(f"data {path}: x has {len(pairs[''][0])} row; need 2 to split")
+        x_train, y_train, x_val, y_val = split_train_val(*pairs[""], val_fraction, seed)
+    else:
+        (x_train, y_train), (x_val, y_val) = pairs["train"], pairs["val"]
     return Dataset(
         x_train=np.asarray(x_train, dtype=np.float32),
         y_train=_labels(y_train, f"data {path} y_train"),
@@ -194,6 +201,18 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
         y_val=_labels(y_val, f"data {path} y_val"),
         source=str(path),
     )
+
+
+def _check_pair(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Rows of ``x`` and ``y`` (keys ``x_<name>``, ``y_<name>``) pair up and are numbers."""
+    xs, ys = f"x_{name}".rstrip("_"), f"y_{name}".rstrip("_")
+    for key, a in ((xs, x), (ys, y)):
+        if a.ndim == 0:
+            raise InputError(f"data {path}: {key} is a scalar; give one row per sample")
+    if len(x) != len(y):
+        raise InputError(f"data {path}: {xs} has {len(x)} rows but {ys} has {len(y)}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise InputError(f"data {path}: {xs} must be real numbers, got dtype {x.dtype}")
 
 
 def _image_folder(

@@ -69,6 +69,14 @@ class UnsupportedModelError(InputError):
     """A model a pass or the converter cannot handle faithfully (names the layer)."""
 
 
+class UntrustedModelError(InputError):
+    """A model file that carries code (a Lambda, a custom object) and was not trusted.
+
+    Loading it would run or look up Python named by the file; ``--trust-model``
+    allows it, as Keras's ``safe_mode=False`` does.
+    """
+
+
 class ConversionError(EdgecError):
     """The converter failed, or produced an artifact its profile forbids."""
 
@@ -85,6 +93,10 @@ class DeviceError(EdgecError):
     """A device could not be reached, authenticated, or used."""
 
     exit_code = ExitCode.DEVICE
+
+
+class ClusterError(DeviceError):
+    """A compute cluster (Ray) for the search could not be reached or joined."""
 
 
 class VerifyError(EdgecError):

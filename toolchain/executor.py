@@ -18,12 +18,21 @@ satisfies the same protocol.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
+
+from edgec.errors import UsageError
 
 S = TypeVar("S")
 J = TypeVar("J")
+
+
+class ExecutorKind(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,3 +103,24 @@ def ordered(outcomes: Iterator[tuple[int, Any]], count: int) -> list[Any]:
     for i, outcome in outcomes:
         results[i] = outcome
     return results
+
+
+@contextlib.contextmanager
+def open_executor(kind: str = ExecutorKind.LOCAL, address: str | None = None) -> Iterator[Executor]:
+    """The executor named ``kind`` (``address``: a Ray cluster's), closed when the block ends."""
+    try:
+        kind = ExecutorKind(kind)
+    except ValueError:
+        valid = ", ".join(k.value for k in ExecutorKind)
+        raise UsageError(f"unknown executor {kind!r}; valid: {valid}") from None
+    executor: Executor
+    if kind is ExecutorKind.RAY:
+        from edgec.executor_ray import RayExecutor
+
+        executor = RayExecutor(address)
+    else:  # an address (say from $EDGEC_RAY_ADDRESS) means nothing to the local executor
+        executor = LocalExecutor()
+    try:
+        yield executor
+    finally:
+        executor.close()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import InputError
+from edgec.errors import InputError, UsageError
 from edgec.modelinfo import ModelInfo, read_model
 from edgec.runtime import probe_tflite
 
@@ -68,7 +68,13 @@ def _read(path: Path) -> bytes:
     return content
 
 
-def inspect_tflite(path: Path, target: str | None = None) -> InspectReport:
+def inspect_tflite(
+    path: Path, target: str | None = None, *, firmware_elf: Path | None = None
+) -> InspectReport:
+    if firmware_elf is not None and target is None:
+        raise UsageError(
+            "--firmware-elf needs --target (a microcontroller profile, e.g. cortex-m4)"
+        )
     content = _read(path)
     info = read_model(content, str(path))
     probe_tflite(content, str(path))
@@ -84,7 +90,9 @@ def inspect_tflite(path: Path, target: str | None = None) -> InspectReport:
             )
         from edgec import micro
 
-        fit = micro.fit_report(content, profile, inputs=None, where=str(path))
+        fit = micro.fit_report(
+            content, profile, inputs=None, where=str(path), firmware_elf=firmware_elf
+        )
     return InspectReport(path=path, info=info, fit=fit)
 
 

@@ -104,32 +104,38 @@ class ModelInfo:
 
     def macs(self) -> int:
         """Estimated multiply-accumulates per inference for conv, depthwise and dense ops."""
-        total = 0
-        for op in self.ops:
-            if len(op.inputs) < 2 or op.inputs[1] < 0 or not op.outputs:
-                continue
-            out = self.tensors[op.outputs[0]]
-            w = self.tensors[op.inputs[1]]
-            if op.name in ("CONV_2D", "TRANSPOSE_CONV") and len(w.shape) == 4:
-                # kernel (cout, kh, kw, cin): every output element does kh*kw*cin MACs
-                _, kh, kw, cin = w.shape
-                total += out.elements * kh * kw * cin
-            elif op.name == "DEPTHWISE_CONV_2D" and len(w.shape) == 4:
-                total += out.elements * w.shape[1] * w.shape[2]
-            elif op.name in ("FULLY_CONNECTED", "BATCH_MATMUL") and len(w.shape) >= 2:
-                total += out.elements * w.shape[-1]
-        return total
+        return sum(self.op_macs(op) for op in self.ops)
+
+    def op_macs(self, op: Op) -> int:
+        """One op's multiply-accumulates (conv, depthwise, dense; 0 for every other op)."""
+        if len(op.inputs) < 2 or op.inputs[1] < 0 or not op.outputs:
+            return 0
+        out = self.tensors[op.outputs[0]]
+        w = self.tensors[op.inputs[1]]
+        if op.name in ("CONV_2D", "TRANSPOSE_CONV") and len(w.shape) == 4:
+            # kernel (cout, kh, kw, cin): every output element does kh*kw*cin MACs
+            _, kh, kw, cin = w.shape
+            return out.elements * kh * kw * cin
+        if op.name == "DEPTHWISE_CONV_2D" and len(w.shape) == 4:
+            return out.elements * w.shape[1] * w.shape[2]
+        if op.name in ("FULLY_CONNECTED", "BATCH_MATMUL") and len(w.shape) >= 2:
+            return out.elements * w.shape[-1]
+        return 0
 
     def float_ops(self) -> list[str]:
         """Ops that touch a float32 or float16 tensor, other than QUANTIZE/DEQUANTIZE."""
-        bad = []
+        return sorted({op.name for op in self.float_op_list()})
+
+    def float_op_list(self) -> list[Op]:
+        """Every op (in graph order) that computes on a float32 or float16 tensor."""
+        found = []
         for op in self.ops:
             if op.name in ("QUANTIZE", "DEQUANTIZE"):
                 continue
             touched = [self.tensors[i] for i in (*op.inputs, *op.outputs) if i >= 0]
             if any(t.dtype in ("float32", "float16") for t in touched):
-                bad.append(op.name)
-        return sorted(set(bad))
+                found.append(op)
+        return found
 
     def summary(self) -> dict[str, Any]:
         return {

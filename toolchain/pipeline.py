@@ -1,11 +1,16 @@
 """The middle of the compiler: passes over a Keras model, and the manager that runs them.
 
 A pass has a stable kebab-case ``id``, a frozen ``Params`` dataclass (its
-parameters, with defaults), and says whether it needs training data. ``run``
-returns a ``PassResult`` that says whether the model changed. The
-``PassManager`` runs a list of passes in order, times each, records parameter
-counts before and after, and adds context to a failure:
-"'prune' failed after ['lowrank']: ...".
+parameters, with defaults) and a contract, ``requirements()``: the layer types
+it supports, whether it needs labeled data or a class-score output. ``apply``
+works on a private copy of the model and returns a ``PassResult`` that says
+whether the model changed.
+
+The ``PassManager`` owns what every pass would otherwise repeat: it checks each
+pass's requirements before running it (one line naming the pass, the layer and
+what is supported), hands the pass a copy so the caller's model is never
+modified, times each pass, records parameter counts before and after, and adds
+context to a failure: "'prune' failed after ['lowrank']: ...".
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgec.errors import EdgecError, InputError
+from edgec.errors import EdgecError, InputError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from edgec.data import Dataset
@@ -35,6 +40,8 @@ class PassContext:
     # Multiplies every pass's fine-tuning epochs; tests and quick runs lower it.
     epochs_scale: float = 1.0
     log: Callable[[str], None] = field(default=lambda message: None)
+    # Model files a pass loads (a distillation student) may carry code: --trust-model.
+    trust_model: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +67,18 @@ class PassRecord:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Requirements:
+    """What a pass needs of its input; the manager checks it before the pass runs."""
+
+    # Layer classes the pass can handle; None: any built-in Keras layer. Sequential and
+    # functional models only, always: a subclassed model's call() cannot be rebuilt.
+    layers: frozenset[str] | None = None
+    nested_models: bool = True  # whether a nested Sequential/functional model is accepted
+    labeled_data: bool = False  # trains on (x_train, y_train)
+    class_scores: bool = False  # one output of class scores (linear logits or softmax)
+
+
 class Pass(ABC):
     id: ClassVar[str]
     Params: ClassVar[type]  # a frozen, keyword-only dataclass with defaults
@@ -67,13 +86,21 @@ class Pass(ABC):
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    def requirements(self) -> Requirements:
+        """This pass's contract with these params (fine-tuning passes need labels iff epochs>0)."""
+        return Requirements()
+
     @property
     def needs_data(self) -> bool:
-        """Whether ``run`` trains on labeled data: by default, when it fine-tunes (epochs > 0)."""
-        return getattr(self.params, "epochs", 1) > 0
+        return self.requirements().labeled_data
 
     @abstractmethod
-    def run(self, model: Any, ctx: PassContext) -> PassResult: ...
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
+        """Transform ``model``, a private copy the pass may change in place."""
+
+    def run(self, model: Any, ctx: PassContext) -> PassResult:
+        """This pass alone through the manager: contract checked, ``model`` left untouched."""
+        return PassManager([self]).run_pass(self, model, ctx, done=[])
 
     def param_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
@@ -88,25 +115,12 @@ class PassManager:
         self.passes = passes
 
     def run(self, model: Any, ctx: PassContext) -> tuple[Any, list[PassRecord]]:
+        """Run every pass in order on ``model`` (never modified); the result and the records."""
         records: list[PassRecord] = []
         for p in self.passes:
-            done = [r.id for r in records]
-            if p.needs_data and (ctx.data is None or ctx.data.y_train is None):
-                raise InputError(
-                    f"pass {p.id!r} needs labeled training data; give --data "
-                    "(.npz with x_train/y_train, or an image folder)"
-                )
-            ctx.log(f"pass {p.id} {p.param_dict()}")
             before = count_params(model)
             start = time.perf_counter()
-            try:
-                result = p.run(model, ctx)
-            except EdgecError as exc:
-                raise type(exc)(f"{p.id!r} failed after {done}: {exc}") from exc
-            except Exception as exc:  # a bug or a TF error: keep the context, not the noise
-                raise EdgecError(
-                    f"{p.id!r} failed after {done}: {type(exc).__name__}: {exc}"
-                ) from exc
+            result = self.run_pass(p, model, ctx, done=[r.id for r in records])
             model = result.model
             records.append(
                 PassRecord(
@@ -120,3 +134,45 @@ class PassManager:
                 )
             )
         return model, records
+
+    def run_pass(self, p: Pass, model: Any, ctx: PassContext, *, done: list[str]) -> PassResult:
+        """One pass: its contract checked, then applied to a copy of ``model``."""
+        check_requirements(p, model, ctx)
+        ctx.log(f"pass {p.id} {p.param_dict()}")
+        try:
+            from edgec.passes.common import copy_model
+
+            return p.apply(copy_model(model), ctx)
+        except EdgecError as exc:
+            raise type(exc)(f"{p.id!r} failed after {done}: {exc}") from exc
+        except Exception as exc:  # a bug or a TF error: keep the context, not the noise
+            raise EdgecError(f"{p.id!r} failed after {done}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_requirements(p: Pass, model: Any, ctx: PassContext) -> None:
+    """Refuse, in one line naming the pass, what ``p`` declares it cannot handle."""
+    from edgec.passes.common import check_exclude, check_supported, iter_layers, output_kind
+
+    req = p.requirements()
+    if req.labeled_data and (ctx.data is None or ctx.data.y_train is None):
+        raise InputError(
+            f"pass {p.id!r} needs labeled training data; give --data "
+            "(.npz with x_train/y_train, or an image folder)"
+        )
+    check_supported(model, p.id, allow_nested=req.nested_models)
+    if req.layers is not None:
+        for layer in iter_layers(model):
+            kind = type(layer).__name__
+            if kind not in req.layers:
+                raise UnsupportedModelError(
+                    f"{p.id}: layer {layer.name!r} is a {kind}, which this pass does not "
+                    f"support; supported: {', '.join(sorted(req.layers))}"
+                )
+    if req.class_scores:
+        try:
+            output_kind(model)
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"{p.id}: {exc}") from None
+    exclude = getattr(p.params, "exclude", None)
+    if exclude:
+        check_exclude(p.id, model, exclude)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import ProfileError, UsageError
+from edgec.schemes import FloatFallback, IODtype, Quantization, scheme
 
 
 class Runtime(StrEnum):
@@ -28,17 +29,8 @@ class Runtime(StrEnum):
     TFLM = "tflm"  # TensorFlow Lite for Microcontrollers, bare metal
 
 
-class Quantization(StrEnum):
-    FLOAT32 = "float32"
-    DYNAMIC = "dynamic"  # int8 weights, float activations
-    FLOAT16 = "float16"
-    INT8 = "int8"  # full integer, calibrated on a representative set
-
-
-class IODtype(StrEnum):
-    FLOAT32 = "float32"
-    INT8 = "int8"
-    UINT8 = "uint8"
+# The schemes (and their I/O types) are defined by the scheme table; profiles name them.
+__all__ = ["FloatFallback", "IODtype", "Quantization"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +64,9 @@ class Profile:
     variants: tuple[Quantization, ...] = ()
     input_dtype: IODtype = IODtype.FLOAT32
     output_dtype: IODtype = IODtype.FLOAT32
+    # Whether an integer-only artifact may keep float ops that have no int8
+    # kernel; unset, it follows the runtime (LiteRT allows, TFLM refuses).
+    float_fallback: FloatFallback = FloatFallback.ALLOW
     budgets: Budgets = field(default_factory=Budgets)
     micro: Micro | None = None
     passes: tuple[dict[str, Any], ...] = ()  # the default recipe, checked by edgec.recipe
@@ -219,18 +214,53 @@ def _build(name: str, raw: dict[str, Any], source: str) -> Profile:
     runtime = enum("runtime", Runtime, raw["runtime"])
     if runtime is Runtime.TFLM and "micro" not in tables:
         tables["micro"] = Micro()
+    quantization = enum("quantization", Quantization, raw["quantization"])
+    variant_schemes = tuple(enum("variants", Quantization, v) for v in variants)
+    for key, q in (("quantization", quantization), *(("variants", v) for v in variant_schemes)):
+        _check_scheme(source, key, q, runtime)
+    default_fallback = FloatFallback.REFUSE if runtime is Runtime.TFLM else FloatFallback.ALLOW
     return Profile(
         name=name,
         description=typed("description", raw["description"], (str,), "a string"),
         arch=typed("arch", raw["arch"], (str,), "a string"),
         runtime=runtime,
         threads=threads,
-        quantization=enum("quantization", Quantization, raw["quantization"]),
-        variants=tuple(enum("variants", Quantization, v) for v in variants),
+        quantization=quantization,
+        variants=variant_schemes,
         input_dtype=enum("input_dtype", IODtype, raw.get("input_dtype", "float32")),
         output_dtype=enum("output_dtype", IODtype, raw.get("output_dtype", "float32")),
+        float_fallback=enum(
+            "float_fallback", FloatFallback, raw.get("float_fallback", default_fallback)
+        ),
         budgets=tables.get("budgets", Budgets()),
         micro=tables.get("micro"),
         passes=tuple(passes),
         source=source,
     )
+
+
+def _runnable(runtime: Runtime) -> str:
+    from edgec.schemes import SCHEMES
+
+    return ", ".join(str(s.name) for s in SCHEMES.values() if s.runs_on(runtime))
+
+
+def _check_scheme(source: str, key: str, q: Quantization, runtime: Runtime) -> None:
+    """A profile may only name a scheme that its runtime can run (per the scheme table)."""
+    if not scheme(q).runs_on(runtime):
+        raise ProfileError(
+            f"{source}: key {key!r} = {str(q)!r} does not run on {runtime}; "
+            f"schemes that do: {_runnable(runtime)}"
+        )
+
+
+def with_quantization(profile: Profile, quantization: Quantization | str) -> Profile:
+    """``profile`` with its primary scheme replaced for one build (``--quantization``)."""
+    q = Quantization(quantization)
+    if not scheme(q).runs_on(profile.runtime):
+        raise UsageError(
+            f"--quantization {q} does not run on {profile.name}'s runtime ({profile.runtime}); "
+            f"valid for {profile.name}: {_runnable(profile.runtime)}"
+        )
+    variants = tuple(v for v in profile.variants if v is not q)
+    return dataclasses.replace(profile, quantization=q, variants=variants)

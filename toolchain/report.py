@@ -36,6 +36,7 @@ from typing import Any
 
 from edgec.artifact import MANIFEST, read_manifest
 from edgec.errors import InputError
+from edgec.schemes import stage_order
 
 RESULTS_DIR = "results"
 REPORT_HTML = "report.html"
@@ -337,9 +338,9 @@ def _png(fig: Any) -> bytes:
 
 
 # Bars left to right as the compiler goes: float, after the passes, then smaller schemes.
-_STAGE_ORDER = {"float32": 0, "compressed": 1, "float16": 2, "dynamic": 3, "int8": 4}
+_STAGE_ORDER = {"compressed": 1, **stage_order()}  # from the scheme table
 # A stage "<scheme> gzip" sorts after every plain stage.
-_GZIP_ORDER = 5
+_GZIP_ORDER = max(_STAGE_ORDER.values()) + 1
 
 
 def chart_sizes(items: list[ArtifactData]) -> bytes | None:
@@ -704,7 +705,33 @@ def _artifact_table(items: list[ArtifactData]) -> Table:
         "top-1 agreement",
         "host latency",
     ]
-    return Table(title="Artifacts", header=(["target"] if many else []) + header, rows=rows)
+    return Table(
+        title="Artifacts",
+        header=(["target"] if many else []) + header,
+        rows=rows,
+        note="; ".join(n for it in items for a in it.artifacts for n in _precision_notes(it, a)),
+    )
+
+
+def _precision_notes(item: ArtifactData, artifact: dict[str, Any]) -> list[str]:
+    """What an artifact's manifest says about float fall-back ops and int4 weights."""
+    conv = artifact.get("conversion")
+    if not isinstance(conv, dict):
+        return []
+    where = f"{item.target}/{artifact.get('file')}"
+    notes = []
+    ops = [r for r in conv.get("float_fallback_ops") or [] if isinstance(r, dict)]
+    if ops:
+        names = ", ".join(f"{r.get('op')} x{r.get('count')}" for r in ops)
+        notes.append(
+            f"{where} keeps float fall-back ops (no int8 kernel): {names}, "
+            f"{fmt_pct(conv.get('float_fallback_macs_share'))} of the MACs and "
+            f"{fmt_pct(conv.get('float_fallback_compute_share'))} of the compute (estimate)"
+        )
+    int4 = [w for w in conv.get("int4_weights") or [] if isinstance(w, dict)]
+    if int4:
+        notes.append(f"{where}: int4 weights in {len(int4)} layers")
+    return notes
 
 
 def _budget_table(items: list[ArtifactData]) -> Table:

@@ -17,6 +17,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "lowrank": ("edgec.passes.lowrank", "LowRankPass"),
     "distill": ("edgec.passes.distill", "DistillPass"),
     "cluster": ("edgec.passes.cluster", "ClusterPass"),
+    "prune-channels": ("edgec.passes.prune_channels", "PruneChannelsPass"),
 }
 
 

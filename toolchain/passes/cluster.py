@@ -22,15 +22,12 @@ import numpy as np
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     KerasPass,
-    check_exclude,
-    check_supported,
-    copy_model,
     fine_tune,
     kernel_layers,
     scaled_epochs,
     validate_params,
 )
-from edgec.pipeline import PassContext, PassResult
+from edgec.pipeline import PassContext, PassResult, Requirements
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,11 +125,12 @@ class ClusterPass(KerasPass):
     id: ClassVar[str] = "cluster"
     Params: ClassVar[type] = ClusterParams
 
-    def run(self, model: Any, ctx: PassContext) -> PassResult:
+    def requirements(self) -> Requirements:
+        tunes = self.params.epochs > 0
+        return Requirements(labeled_data=tunes, class_scores=tunes)
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: ClusterParams = self.params
-        check_supported(model, self.id)
-        check_exclude(self.id, model, p.exclude)
-        model = copy_model(model)
         # A kernel with no more weights than clusters gains nothing from sharing.
         layers = [
             layer

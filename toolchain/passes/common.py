@@ -1,9 +1,10 @@
 """What every compression pass shares: model checks, copying, output semantics, fine-tuning.
 
 Passes never modify the model they are given (the search runs many passes on
-one base model), so each starts from ``copy_model``. Models a pass cannot
-rebuild faithfully (subclassed models, custom layers) are refused here with an
-``UnsupportedModelError`` naming the layer, before any work is done.
+one base model): the ``PassManager`` hands each pass a ``copy_model`` copy.
+Models a pass cannot rebuild faithfully (subclassed models, custom layers) are
+refused by ``check_supported``, which the manager calls with each pass's
+``Requirements`` before any work is done.
 """
 
 from __future__ import annotations

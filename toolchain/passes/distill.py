@@ -33,7 +33,7 @@ from edgec.passes.common import (
     strip_softmax,
     validate_params,
 )
-from edgec.pipeline import PassContext, PassResult, count_params
+from edgec.pipeline import PassContext, PassResult, Requirements, count_params
 
 # Config keys that set a layer's width, by layer class.
 WIDTH_KEYS = {
@@ -102,19 +102,13 @@ def derive_student(teacher: Any, width: float, seed: int = 0) -> Any:
     return student
 
 
-def load_student(path: str) -> Any:
-    import keras
+def load_student(path: str, *, trust: bool = False) -> Any:
+    from edgec.loaders import load_keras_file
 
     file = Path(path)
     if not file.is_file():
         raise InputError(f"distill: student {file} does not exist; give a .keras model file")
-    try:
-        return keras.models.load_model(file, compile=False)
-    except Exception as exc:
-        raise InputError(
-            f"distill: student {file} is not a loadable Keras model "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-        ) from exc
+    return load_keras_file(file, trust=trust, what="distill: student")
 
 
 def distill(
@@ -204,12 +198,13 @@ class DistillPass(KerasPass):
     id: ClassVar[str] = "distill"
     Params: ClassVar[type] = DistillParams
 
-    def run(self, model: Any, ctx: PassContext) -> PassResult:
+    def requirements(self) -> Requirements:
+        return Requirements(labeled_data=True, class_scores=True)
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: DistillParams = self.params
-        check_supported(model, self.id)
-        output_kind(model)  # a teacher without class scores is refused before any training
         if p.student:
-            student = load_student(p.student)
+            student = load_student(p.student, trust=ctx.trust_model)
             check_supported(student, f"{self.id} student")
             output_kind(student)
             source = p.student

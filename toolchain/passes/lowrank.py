@@ -26,13 +26,11 @@ import numpy as np
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     KerasPass,
-    check_exclude,
-    check_supported,
     fine_tune,
     scaled_epochs,
     validate_params,
 )
-from edgec.pipeline import PassContext, PassResult, count_params
+from edgec.pipeline import PassContext, PassResult, Requirements, count_params
 
 FACTORIZABLE = ("Dense", "Conv2D")
 
@@ -228,16 +226,17 @@ class LowRankPass(KerasPass):
     id: ClassVar[str] = "lowrank"
     Params: ClassVar[type] = LowRankParams
 
-    def run(self, model: Any, ctx: PassContext) -> PassResult:
+    def requirements(self) -> Requirements:
+        tunes = self.params.epochs > 0
+        # Factorized layers are rebuilt in the outer graph: a nested model would be skipped.
+        return Requirements(nested_models=False, labeled_data=tunes, class_scores=tunes)
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: LowRankParams = self.params
-        check_supported(model, self.id, allow_nested=False)
-        check_exclude(self.id, model, p.exclude)
         new, summary = factorize(model, p)
         if new is None:
-            from edgec.passes.common import copy_model
-
             return PassResult(
-                model=copy_model(model),
+                model=model,
                 changed=False,
                 details={"note": "no layer where factorizing saves parameters", "layers": {}},
             )

@@ -27,16 +27,13 @@ import numpy as np
 from edgec.errors import RecipeError
 from edgec.passes.common import (
     KerasPass,
-    check_exclude,
-    check_supported,
-    copy_model,
     fine_tune,
     kernel_layers,
     scaled_epochs,
     steps_per_epoch,
     validate_params,
 )
-from edgec.pipeline import PassContext, PassResult
+from edgec.pipeline import PassContext, PassResult, Requirements
 
 
 class Schedule(StrEnum):
@@ -198,6 +195,10 @@ class _Masker:
         self.sparsity = sparsity
         self.apply()
 
+    def requirements(self) -> Requirements:
+        tunes = self.params.epochs > 0
+        return Requirements(labeled_data=tunes, class_scores=tunes)
+
     def apply(self) -> None:
         for layer, mask in zip(self.layers, self.masks, strict=True):
             layer.kernel.assign(layer.kernel.numpy() * mask)
@@ -231,11 +232,12 @@ class PrunePass(KerasPass):
     id: ClassVar[str] = "prune"
     Params: ClassVar[type] = PruneParams
 
-    def run(self, model: Any, ctx: PassContext) -> PassResult:
+    def requirements(self) -> Requirements:
+        tunes = self.params.epochs > 0
+        return Requirements(labeled_data=tunes, class_scores=tunes)
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: PruneParams = self.params
-        check_supported(model, self.id)
-        check_exclude(self.id, model, p.exclude)
-        model = copy_model(model)
         layers = kernel_layers(model, p.exclude)
         if not layers:
             return PassResult(model=model, changed=False, details={"note": "no prunable layers"})
