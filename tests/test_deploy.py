@@ -146,9 +146,13 @@ def test_deploy_then_idempotent_redeploy(env, models, tmp_path):
     assert len(list((work / "harness").glob("*/harness.py"))) == 1
     mtime = remote.stat().st_mtime_ns
 
-    code, out, err = cli("deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs))
+    code, out, err = cli(
+        "deploy", str(models["tiny"]), "--device", "dev", "--devices", str(devs), "--json"
+    )
     assert code == 0, err
-    assert "already deployed" in out and "not re-uploaded" in err
+    dep = json.loads(out)
+    assert dep["ok"] is True and dep["model"]["uploaded"] is False and "not re-uploaded" in err
+    assert dep["model"]["sha256"] == sha(models["tiny"] / "model.tflite")
     assert remote.stat().st_mtime_ns == mtime  # the same file, not sent again
     assert not list(remote.parent.glob(".upload-*"))
     no_injection(work, tmp_path)
@@ -177,7 +181,12 @@ def test_bench_end_to_end_over_ssh(env, models, tmp_path):
     assert code == 0, err
     assert "running the harness" in err and "done: 30 runs" in err  # streamed progress
     result = json.loads((art / "results" / "bench-board-1.json").read_text())
-    assert result["schema"] == "edgec.bench/1" and result["device"] == "board-1"
+    assert result["schema"] == "edgec.bench/2" and result["device"] == "board-1"
+    measured = result["measured"]  # what measured it: this machine, through sshd
+    assert measured["where"] == "device" and measured["arch"] == os.uname().machine
+    assert measured["cores"] == os.cpu_count() and measured["kernel"] == os.uname().release
+    assert measured["runtime"] == "litert" and measured["threads"] == 2
+    assert measured["emulated"] is None and measured["arch_mismatch"] is False
     assert result["steady"]["count"] == 30 and len(result["steady"]["samples_ms"]) == 30
     assert result["threads"] == 2 and result["runtime"]["name"] == "litert"
     assert result["artifact"]["sha256"] == sha(art / "model.tflite")
@@ -244,10 +253,14 @@ def test_micro_artifact_runs_on_the_tflm_interpreter(env, models, tmp_path):
     )
     code, out, err = cli("bench", str(art), "--runs", "5", "--json")
     assert code == 0, err
-    (result,) = json.loads(out)
+    doc = json.loads(out)
+    assert doc["ok"] is True and [d["device"] for d in doc["devices"]] == ["local"]
+    result = doc["devices"][0]["result"]
     assert result["runtime"]["name"] == "tflm" and result["threads"] == 1
-    # A microcontroller's RAM budget is its arena, not this process's RSS.
+    # A microcontroller's RAM budget is its arena, not this process's RSS; the
+    # figures are the host's TFLM interpreter's, and say so.
     assert result["budgets"]["checks"] == [] and "arena" in result["budgets"]["note"]
+    assert result["measured"]["where"] == "host" and result["measured"]["profile_arch"]
 
 
 def test_ssh_config_alias_is_honoured(env, models, tmp_path):
@@ -272,6 +285,8 @@ def test_ssh_config_alias_is_honoured(env, models, tmp_path):
         code, out, err = cli("device", "check", "b", "--devices", str(devs))
         assert code == 0, err
         assert out.startswith("b: ok:") and "numpy" in out and "litert" in out
+        # Each runtime really ran a tiny model on the device: "ok" means it runs.
+        assert "litert 2." in out and "tflm" in out and "tflite_runtime not installed" in out
     finally:
         default_key.rename(client.key)
         config.unlink()
@@ -473,9 +488,31 @@ def test_missing_runtime_then_device_setup(env, models, tmp_path):
     assert code == 0, err
     venv_python = work / "venv" / "bin" / "python"
     assert venv_python.exists() and str(venv_python) in out
-    code, out, err = cli("device", "check", "fresh", "--devices", str(devs))
+    code, out, err = cli("device", "check", "--device", "fresh", "--devices", str(devs), "--json")
     assert code == 0, err
-    assert "venv/bin/python" in out  # found without being configured
+    facts = json.loads(out)
+    assert facts["ok"] is True and facts["python"].endswith("venv/bin/python")  # found
+    assert {r["name"]: r["status"] for r in facts["runtimes"]}["litert"] == "ok"
+
+    # A device that sets python: setup says plainly that bench will not use the venv.
+    devs2 = devices_toml(
+        tmp_path / "d2.toml", {"pinned": device_entry(server, client, tmp_path / "pinned")}
+    )
+    code, out, err = cli(
+        "device",
+        "setup",
+        "--device",
+        "pinned",
+        "--devices",
+        str(devs2),
+        "--wheels",
+        str(wheels),
+        "--system-site-packages",
+        "--json",
+    )
+    assert code == 0, err
+    (note,) = json.loads(out)["notes"]
+    assert f"sets python = {sys.executable!r}" in note and "not this venv" in note
 
 
 def test_harness_timeout_and_crash(env, models, tmp_path):
@@ -582,3 +619,110 @@ def test_devices_file_and_specs(tmp_path):
     code, out, _ = cli("devices", "--devices", str(good))
     assert code == 0 and out.split()[:4] == ["pi", "10.0.0.5:2222", "rpi4", "lab"]
     assert BenchOptions().runs == 50
+
+
+# ---------------------------------------------------------------- honest results
+def test_arch_mismatch_is_refused_unless_allowed(env, models, tmp_path):
+    from edgec.profiles import load_profile
+
+    other = "aarch64" if os.uname().machine == "x86_64" else "x86_64"
+    profile = {**load_profile("rpi4").to_dict(), "arch": other}
+    art = _artifact(tmp_path / "pi", (models["tiny"] / "model.tflite").read_bytes(), profile, "t")
+    code, out, err = cli("bench", str(art), "--runs", "3", "--json")
+    assert code == 6 and f"profile 'rpi4' is for {other}" in err
+    assert "--allow-arch-mismatch" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(out)["devices"][0]["ok"] is False
+    assert not (art / "results").exists()  # nothing stored as the rpi4's
+
+    code, out, err = cli("bench", str(art), "--runs", "3", "--allow-arch-mismatch")
+    assert code == 0, err
+    result = json.loads((art / "results" / "bench-local.json").read_text())
+    assert result["measured"]["arch_mismatch"] is True
+    assert result["measured"]["profile_arch"] == other
+    assert result["budgets"]["checks"] == [] and "not judged" in result["budgets"]["note"]
+    assert "MISMATCH" in out and "ARCH MISMATCH" in err
+
+
+def test_emulated_latency_is_never_judged(env, models, tmp_path, monkeypatch):
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    strict = tmp_path / "strict.toml"
+    strict.write_text('extends = "x86-64"\n[budgets]\nlatency_ms = 0.000001\n', encoding="utf-8")
+    monkeypatch.setenv("EDGEC_EMULATED", "qemu-x86_64")  # what an emulated board's transport sets
+    code, out, err = cli("bench", str(art), "--runs", "3", "--target", str(strict))
+    assert code == 0, err
+    result = json.loads((art / "results" / "bench-local.json").read_text())
+    assert result["measured"]["emulated"] == "qemu-x86_64"
+    assert [c["name"] for c in result["budgets"]["checks"]] == ["ram_bytes"]
+    assert "latency_ms not judged: the device is emulated" in result["budgets"]["note"]
+    assert "emulated (qemu-x86_64)" in out
+
+
+def test_a_crashing_runtime_is_survived_and_named(env, models, tmp_path, monkeypatch):
+    from test_harness import crashing_runtime
+
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    monkeypatch.setenv("PYTHONPATH", str(crashing_runtime(tmp_path / "broken")))
+    code, out, err = cli("bench", str(art), "--runs", "3", "--json")
+    assert code == 0, err
+    result = json.loads(out)["devices"][0]["result"]
+    assert result["runtime"]["name"] == "tflm"
+    skipped = {c["name"]: c for c in result["runtime_candidates"]}["litert"]
+    assert skipped["status"] == "crashed" and "SIGSEGV" in skipped["detail"]
+    assert "runtime litert skipped: crashed: killed by SIGSEGV" in err
+
+    # Chosen explicitly, it kills the harness: the error names the signal and what it said.
+    code, _, err = cli("bench", str(art), "--runs", "3", "--runtime", "litert")
+    assert code == 6 and "the harness crashed (killed by SIGSEGV" in err
+    assert "Fatal Python error: Segmentation fault" in err and "nothing was recorded" in err
+    assert len(err.strip().splitlines()[-1:]) == 1 and err.count("edgec: error") == 1
+
+    # device check loads a model in each runtime: importable is not "ok", the crash is named.
+    code, out, err = cli("device", "check", "--device", "local", "--json")
+    assert code == 6 and "litert: crashed (killed by SIGSEGV" in err
+    assert "a TFLite runtime that runs" in err and json.loads(out)["exit_code"] == 6
+    code, out, err = cli("device", "check", "--device", "local", "--micro")
+    assert code == 0 and "litert CRASHED (killed by SIGSEGV" in out and "tflm 0." in out
+
+
+def test_local_device_leaves_the_working_directory_clean(env, models, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code, out, err = cli("deploy", str(models["tiny"]), "--device", "local")
+    assert code == 0, err
+    assert list(cwd.iterdir()) == []
+    digest = sha(models["tiny"] / "model.tflite")
+    remote = tmp_path / "cache" / "edgec" / "local" / "models" / "tiny-x86-64" / digest[:12]
+    assert (remote / "model.tflite").is_file() and str(remote) in out
+
+
+def test_group_all_unreachable_json_names_each_failure(env, models, tmp_path):
+    client, server, _ = env
+    entries = {
+        f"gone{i}": {**device_entry(server, client, tmp_path / "w", groups=["lab"]), "port": p}
+        for i, p in enumerate((free_port(), free_port()))
+    }
+    devs = devices_toml(tmp_path / "d.toml", entries)
+    code, out, _ = cli(
+        "bench",
+        str(models["tiny"]),
+        "--group",
+        "lab",
+        "--devices",
+        str(devs),
+        "--connect-timeout",
+        "3",
+        "--json",
+    )
+    assert code == 6
+    doc = json.loads(out)  # one document
+    assert doc["ok"] is False and doc["exit_code"] == 6 and "none was stored" in doc["error"]
+    assert sorted(d["device"] for d in doc["devices"]) == ["gone0", "gone1"]
+    assert all(not d["ok"] and "cannot reach" in d["error"] for d in doc["devices"])
+    code, out, _ = cli(
+        "bench", str(models["tiny"]), "--group", "nope", "--devices", str(devs), "--json"
+    )
+    assert code == 2 and json.loads(out)["exit_code"] == 2  # the same envelope as build

@@ -70,7 +70,7 @@ def doc_of(proc: subprocess.CompletedProcess) -> dict:
 def test_report_has_every_field_of_the_method(lone_harness, model_file):
     proc = run_harness(lone_harness, str(model_file), "--runs", "25", "--warmup-runs", "3")
     doc = doc_of(proc)
-    assert doc["schema"] == "edgec.harness/1"
+    assert doc["schema"] == "edgec.harness/2"
     assert doc["runtime"]["name"] == "litert" and doc["runtime"]["version"][0].isdigit()
     assert doc["threads"] == 1
     assert doc["init_ms"] > 0 and doc["first_inference_ms"] > 0
@@ -94,6 +94,14 @@ def test_report_has_every_field_of_the_method(lone_harness, model_file):
     )
     assert sum(doc["op_profile"]["execution_plan_ops"].values()) >= 1
     assert "edgec-harness: pid" in proc.stderr and "edgec-harness: done" in proc.stderr
+    # What measured it: this machine, as uname and /proc see it.
+    machine = doc["machine"]
+    assert machine["arch"] == os.uname().machine and machine["cores"] == os.cpu_count()
+    assert machine["kernel"] == os.uname().release and machine["cpu_model"]
+    assert machine["emulated"] is None
+    assert doc["runtime_candidates"] == [
+        {"name": "litert", "status": "ok", "version": doc["runtime"]["version"], "detail": ""}
+    ]
 
 
 def test_never_imports_edgec_click_or_tensorflow(lone_harness, model_file):
@@ -220,3 +228,91 @@ def test_runs_as_module_and_as_zip(model_file, tmp_path):
         cwd=tmp_path,
     )
     assert doc_of(as_zip)["steady"]["count"] == 3
+
+
+def crashing_runtime(folder: Path) -> Path:
+    """An ``ai_edge_litert`` package whose Interpreter dereferences NULL: a real SIGSEGV
+    in a real child process, as a broken runtime wheel crashes (not a mock: nothing is
+    faked but the crash's cause)."""
+    pkg = folder / "ai_edge_litert"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "interpreter.py").write_text(
+        "import ctypes\n"
+        "class Interpreter:\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        ctypes.string_at(0)  # reads address 0: SIGSEGV\n"
+    )
+    return folder
+
+
+def test_auto_skips_a_runtime_that_crashes_and_names_it(lone_harness, model_file, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(crashing_runtime(tmp_path / "broken"))}
+    proc = subprocess.run(
+        [sys.executable, str(lone_harness), str(model_file), "--runs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    doc = doc_of(proc)
+    assert doc["runtime"]["name"] == "tflm"  # the next one that runs
+    by_name = {c["name"]: c for c in doc["runtime_candidates"]}
+    assert by_name["litert"]["status"] == "crashed"
+    assert by_name["litert"]["detail"].startswith("killed by SIGSEGV")
+    assert "Segmentation fault" in by_name["litert"]["detail"]  # faulthandler's report
+    assert by_name["tflite_runtime"]["status"] == "not installed"
+    assert "runtime litert skipped: crashed: killed by SIGSEGV" in proc.stderr
+
+    # Chosen explicitly, the crashing runtime kills the harness: a signal, not a JSON.
+    direct = subprocess.run(
+        [sys.executable, str(lone_harness), str(model_file), "--runtime", "litert"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert direct.returncode == -11 and direct.stdout == ""
+    assert "Fatal Python error: Segmentation fault" in direct.stderr
+
+
+def test_check_runtimes_runs_a_tiny_model_in_each(lone_harness, tmp_path):
+    doc = doc_of(run_harness(lone_harness, "--check-runtimes"))
+    status = {r["name"]: r["status"] for r in doc["runtimes"]}
+    assert status == {"litert": "ok", "tflite_runtime": "not installed", "tflm": "ok"}
+    assert doc["numpy"] == np.__version__ and doc["machine"]["arch"] == os.uname().machine
+    env = {**os.environ, "PYTHONPATH": str(crashing_runtime(tmp_path / "broken"))}
+    proc = subprocess.run(
+        [sys.executable, str(lone_harness), "--check-runtimes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    crashed = {r["name"]: r for r in doc_of(proc)["runtimes"]}["litert"]
+    assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["detail"]
+
+
+def test_emulation_is_detected(lone_harness, model_file):
+    env = {**os.environ, "EDGEC_EMULATED": "qemu-aarch64"}
+    proc = subprocess.run(
+        [sys.executable, str(lone_harness), str(model_file), "--runs", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    emulated = doc_of(proc)["machine"]["emulated"]
+    assert emulated == {"name": "qemu-aarch64", "evidence": "$EDGEC_EMULATED"}
+    sys.path.insert(0, str(lone_harness.parent))
+    try:
+        import harness
+
+        tcg = "processor\t: 0\nmodel name\t: QEMU Virtual CPU version 2.5+\n"
+        assert harness.emulation(tcg)["evidence"] == "/proc/cpuinfo names a QEMU CPU"
+        assert harness._cpu_model(tcg) == "QEMU Virtual CPU version 2.5+"
+        assert harness._cpu_model("CPU implementer\t: 0x41\nCPU part\t: 0xd08\n").endswith(
+            "part 0xd08"
+        )
+    finally:
+        sys.path.remove(str(lone_harness.parent))

@@ -215,7 +215,10 @@ def compare(
     return {
         "ok": all(o["ok"] for o in outs),
         "inputs": {k: ref_section[k] for k in ("generator", "seed", "count")},
-        "device_runtime": {"name": device_runtime.get("name"), "version": device_runtime.get("version")},
+        "device_runtime": {
+            "name": device_runtime.get("name"),
+            "version": device_runtime.get("version"),
+        },
         "reference": {k: v for k, v in reference.items() if k != "outputs_check"},
         "tolerance": tol.to_dict(),
         "max_steps": max(steps) if steps else None,

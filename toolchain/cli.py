@@ -444,6 +444,7 @@ _DEVICE_HELP = (
     default=None,
     help="Refuse unsigned or tampered artifacts (default $EDGEC_ALLOWED_SIGNERS).",
 )
+@_JSON
 def deploy(
     artifact: Path,
     device: str,
@@ -451,6 +452,7 @@ def deploy(
     accept_new_host_key: bool,
     connect_timeout: float,
     allowed_signers: Path | None,
+    as_json: bool,
 ) -> None:
     """Publish an artifact (folder or .tflite) and the harness on a device over SSH.
 
@@ -459,14 +461,18 @@ def deploy(
     """
     from edgec.deploy.publish import deploy as deploy_artifact
 
-    dep = deploy_artifact(
-        artifact,
-        device,
-        devices_file=devices_file,
-        log=_log,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-        allowed_signers=allowed_signers,
-    )
+    with _json_errors(as_json):
+        dep = deploy_artifact(
+            artifact,
+            device,
+            devices_file=devices_file,
+            log=_log,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+            allowed_signers=allowed_signers,
+        )
+    if as_json:
+        emit_json({"ok": True, **dep.to_dict()})
+        return
     click.echo(
         f"{dep.device.name}: {dep.model.remote} (sha256 {dep.model.sha256[:12]}, "
         f"{'uploaded' if dep.model.uploaded else 'already deployed'})"
@@ -547,6 +553,20 @@ def deploy(
     default=None,
     help="Inputs of the outputs check [default: the stored reference's, else 16].",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "litert", "tflite-runtime", "tflm"]),
+    default="auto",
+    show_default=True,
+    help="Interpreter on the device; auto takes the first that loads and runs the model "
+    "in a child process (one that crashes is skipped and named).",
+)
+@click.option(
+    "--allow-arch-mismatch",
+    is_flag=True,
+    help="Benchmark on a device whose arch is not the profile's; results are labelled "
+    "as mismatched and no latency or RAM budget is judged (default: refuse, exit 6).",
+)
 @_device_options
 @click.option(
     "--allowed-signers",
@@ -571,6 +591,8 @@ def bench(
     jobs: int,
     check_outputs: bool | None,
     check_count: int | None,
+    runtime: str,
+    allow_arch_mismatch: bool,
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
@@ -585,7 +607,7 @@ def bench(
     outputs check finds outputs beyond the tolerance). --device emulated:BOARD runs
     on a board prepared by `edgec device emulate`: outputs checked, latency not judged.
     """
-    from edgec.deploy.fleet import bench as run_bench
+    from edgec.deploy import fleet
     from edgec.deploy.options import BenchOptions
 
     options = BenchOptions(
@@ -601,20 +623,27 @@ def bench(
         jobs=jobs,
         check_outputs=check_outputs,
         check_count=check_count,
+        runtime=runtime,
+        allow_arch_mismatch=allow_arch_mismatch,
         connect=_connect_options(accept_new_host_key, connect_timeout),
     )
-    outcomes = run_bench(
-        artifact,
-        device=device,
-        group=group,
-        devices_file=devices_file,
-        options=options,
-        allowed_signers=allowed_signers,
-        log=_log,
-        out=_log if as_json else click.echo,
-    )
-    if as_json:
-        emit_json([o.result for o in outcomes])
+    request = {
+        "device": device,
+        "group": group,
+        "devices_file": devices_file,
+        "options": options,
+        "allowed_signers": allowed_signers,
+        "log": _log,
+    }
+    if not as_json:
+        fleet.bench(artifact, **request, out=click.echo)
+        return
+    with _json_errors(as_json):  # bad options, artifact, device or group
+        outcomes = fleet.run_fleet(artifact, **request)
+    error = fleet.verdict(outcomes)
+    emit_json(fleet.fleet_json(outcomes, error))  # every device's result or failure
+    if error is not None:
+        raise error
 
 
 @main.group()
@@ -622,41 +651,65 @@ def device() -> None:
     """Check or prepare a device: Python, numpy and a TFLite runtime."""
 
 
+def _device_name(positional: str | None, option: str | None) -> str:
+    """NAME or --device NAME (the same device either way); default local."""
+    from edgec.errors import UsageError
+
+    if positional and option and positional != option:
+        raise UsageError(f"device given twice: {positional!r} and --device {option!r}; give one")
+    return positional or option or "local"
+
+
+_DEVICE_ARG = click.argument("name", required=False, metavar="[NAME]")
+_DEVICE_OPT = click.option(
+    "--device", "-D", "device_opt", default=None, help=_DEVICE_HELP + " [default: local]"
+)
+
+
 @device.command("check")
-@click.argument("name")
+@_DEVICE_ARG
+@_DEVICE_OPT
 @click.option("--micro", is_flag=True, help="Require the TFLM runtime (tflite-micro) instead.")
 @_device_options
 @_JSON
 def device_check(
-    name: str,
+    name: str | None,
+    device_opt: str | None,
     micro: bool,
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
     as_json: bool,
 ) -> None:
-    """Say which Python, numpy and runtimes NAME has; exit 6 when one is missing."""
+    """Say which Python, numpy and runtimes a device has; exit 6 when one is missing.
+
+    Each runtime loads and runs a tiny model in a child process on the device,
+    so "ok" means it runs; one that crashes is named with its signal.
+    """
+    from edgec.deploy.devices import resolve_device
     from edgec.deploy.provision import check_device
 
-    facts = check_device(
-        name,
-        devices_file=devices_file,
-        need_micro=micro,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-    )
+    with _json_errors(as_json):
+        name = _device_name(name, device_opt)
+        facts = check_device(
+            name,
+            devices_file=devices_file,
+            need_micro=micro,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+        )
     if as_json:
-        emit_json({"python": facts.python, **facts.probe})
+        emit_json(facts.to_dict(resolve_device(name, devices_file)))
         return
     p = facts.probe
-    rts = ", ".join(f"{k} {v}" for k, v in (p.get("runtimes") or {}).items() if v)
     click.echo(
         f"{name}: ok: {facts.python} (Python {p.get('python')}, {p.get('machine')}, "
-        f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {rts}"
+        f"{p.get('cpu_count')} CPUs), numpy {p.get('numpy')}, runtimes: {facts.runtimes_text()}"
     )
 
 
 @device.command("setup")
-@click.argument("name")
+@_DEVICE_ARG
+@_DEVICE_OPT
 @click.option(
     "--wheels",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -679,8 +732,10 @@ def device_check(
     help="The device's interpreter that creates the venv [default: python3].",
 )
 @_device_options
+@_JSON
 def device_setup(
-    name: str,
+    name: str | None,
+    device_opt: str | None,
     wheels: Path | None,
     packages: tuple[str, ...],
     system_site_packages: bool,
@@ -688,24 +743,34 @@ def device_setup(
     devices_file: Path | None,
     accept_new_host_key: bool,
     connect_timeout: float,
+    as_json: bool,
 ) -> None:
-    """Create <workdir>/venv on NAME and pip-install numpy and ai-edge-litert into it.
+    """Create <workdir>/venv on a device and pip-install numpy and ai-edge-litert into it.
 
-    `edgec bench` then uses that venv's python automatically.
+    `edgec bench` then uses that venv's python automatically (unless the devices
+    file sets the device's python, which setup then says).
     """
+    from edgec.deploy.devices import resolve_device
     from edgec.deploy.provision import SETUP_PACKAGES, setup_device
 
-    facts = setup_device(
-        name,
-        devices_file=devices_file,
-        wheels=wheels,
-        packages=packages or SETUP_PACKAGES,
-        system_site_packages=system_site_packages,
-        python=python,
-        log=_log,
-        options=_connect_options(accept_new_host_key, connect_timeout),
-    )
+    with _json_errors(as_json):
+        name = _device_name(name, device_opt)
+        facts = setup_device(
+            name,
+            devices_file=devices_file,
+            wheels=wheels,
+            packages=packages or SETUP_PACKAGES,
+            system_site_packages=system_site_packages,
+            python=python,
+            log=_log,
+            options=_connect_options(accept_new_host_key, connect_timeout),
+        )
+    if as_json:
+        emit_json(facts.to_dict(resolve_device(name, devices_file)))
+        return
     click.echo(f"{name}: ready: {facts.python}")
+    for note in facts.notes:
+        click.echo(f"{name}: note: {note}")
 
 
 @device.command("emulate")

@@ -36,6 +36,7 @@ from typing import Any
 
 from edgec.artifact import MANIFEST, read_manifest
 from edgec.errors import InputError
+from edgec.results import BenchResult
 from edgec.schemes import stage_order
 
 RESULTS_DIR = "results"
@@ -46,65 +47,75 @@ REPORT_MD = "report.md"
 # ------------------------------------------------------------------ loading
 @dataclass(frozen=True, kw_only=True)
 class BenchRun:
-    """One ``results/*.json`` file; ``error`` is set (and ``data`` empty) when it cannot be read."""
+    """One ``results/*.json`` file, read by ``results.BenchResult`` (the one reader).
+
+    ``error`` is set (and ``result`` None) when the file cannot be read or is not
+    a bench result; the report then says so in a line instead of failing.
+    """
 
     file: str
-    data: dict[str, Any]
+    result: BenchResult | None = None
     error: str = ""
+
+    @classmethod
+    def read(cls, path: Path, file: str) -> BenchRun:
+        try:
+            return cls(
+                file=file, result=BenchResult.from_dict(read_json(path, "bench result"), str(path))
+            )
+        except InputError as exc:
+            return cls(file=file, error=str(exc))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The stored document (empty when unreadable), for tables that show raw fields."""
+        return self.result.to_dict() if self.result is not None else {}
 
     @property
     def device(self) -> str:
-        return str(self.data.get("device") or Path(self.file).stem)
+        return self.result.device if self.result is not None else Path(self.file).stem
 
     @property
     def latency(self) -> dict[str, Any]:
-        """Steady-state latency with plain keys (mean, p50, ..., samples), all in ms.
-
-        Accepts ``latency_ms: {mean, p50, samples, ...}`` and the harness's own
-        ``steady: {mean_ms, p50_ms, samples_ms, ...}``.
-        """
-        for key in ("latency_ms", "steady"):
-            lat = self.data.get(key)
-            if isinstance(lat, dict):
-                return {k.removesuffix("_ms"): v for k, v in lat.items()}
-        return {}
+        """Steady-state latency with plain keys (count, mean, p50, ..., samples), all in ms."""
+        if self.result is None:
+            return {}
+        return {k.removesuffix("_ms"): v for k, v in self.result.steady.to_dict().items()}
 
     @property
     def samples(self) -> list[float]:
-        raw = self.latency.get("samples")
-        if not isinstance(raw, list):
-            return []
-        return [float(v) for v in raw if _is_number(v)]
+        return list(self.result.steady.samples_ms) if self.result is not None else []
 
     @property
     def memory(self) -> dict[str, float]:
-        """Numeric memory facts in bytes, keys without a ``_bytes`` suffix (peak, ...)."""
-        mem = self.data.get("memory")
-        if not isinstance(mem, dict):
+        """Numeric memory facts in bytes, keys without a ``_bytes`` suffix (peak_rss, ...)."""
+        if self.result is None:
             return {}
-        return {str(k).removesuffix("_bytes"): float(v) for k, v in mem.items() if _is_number(v)}
+        mem = self.result.memory.to_dict()
+        return {k.removesuffix("_bytes"): float(v) for k, v in mem.items() if _is_number(v)}
 
     @property
     def peak_memory(self) -> float | None:
-        mem = self.memory
-        for key in ("peak", "peak_rss", "rss_after_load", "arena_used", "arena"):
-            if key in mem:
-                return mem[key]
-        return max(mem.values()) if mem else None
+        m = self.result.memory if self.result is not None else None
+        if m is None:
+            return None
+        peak = m.peak_rss_bytes if m.peak_rss_bytes is not None else m.rss_after_load_bytes
+        return float(peak) if peak is not None else None
 
     @property
     def threads(self) -> Any:
-        rt = self.data.get("runtime")
-        if isinstance(rt, dict) and rt.get("threads") is not None:
-            return rt["threads"]
-        return self.data.get("threads")
+        return self.result.threads if self.result is not None else None
 
     @property
     def runtime(self) -> str:
-        rt = self.data.get("runtime")
-        if isinstance(rt, dict):
-            return f"{rt.get('name', '')} {rt.get('version', '')}".strip() or "–"
-        return fmt_num(rt)
+        if self.result is None:
+            return "–"
+        return f"{self.result.runtime} {self.result.runtime_version}".strip()
+
+    @property
+    def measured_on(self) -> str:
+        """What measured these figures, on one line (arch, CPU, cores, kernel, emulation)."""
+        return self.result.measured.label if self.result is not None else "–"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,10 +170,7 @@ def load_artifact(artifact_dir: str | Path) -> ArtifactData:
     manifest = read_manifest(path)
     runs = []
     for f in sorted((path / RESULTS_DIR).glob("*.json")):
-        try:
-            runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data=read_json(f, "bench result")))
-        except InputError as exc:
-            runs.append(BenchRun(file=f"{RESULTS_DIR}/{f.name}", data={}, error=str(exc)))
+        runs.append(BenchRun.read(f, f"{RESULTS_DIR}/{f.name}"))
     return ArtifactData(path=path, manifest=manifest, runs=tuple(runs))
 
 

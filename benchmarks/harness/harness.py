@@ -13,7 +13,17 @@ harness does not measure its own copies. Raw steady-state samples are kept.
 
 Runtimes, in order of preference for ``--runtime auto``: ``ai_edge_litert``,
 ``tflite_runtime``, then ``tflite_micro`` (the TFLM interpreter, for
-microcontroller artifacts run on a Linux host). The JSON says which one ran.
+microcontroller artifacts run on a Linux host). In ``auto`` each candidate
+first loads the model and runs it once in a child process: one that crashes
+(a segfault has been seen with some LiteRT wheels on aarch64) or cannot load
+the model is skipped, and the JSON names it (``runtime_candidates``) next to
+the one that ran. ``--check-runtimes`` does the same with a tiny model
+embedded here, for ``edgec device check``: "ok" means the runtime runs.
+
+What measured it: the ``machine`` section holds the device's arch (``uname
+-m``), CPU model, core count, kernel, and whether it is an emulator
+(``$EDGEC_EMULATED``, set by an emulated board's transport, or a QEMU CPU or
+machine seen in /proc and /sys).
 
 Outputs check (``--check-outputs N``): after the benchmark, the model runs
 the fixed inputs ``random_inputs(specs, SEED + i)`` for i < N (``--check-seed``)
@@ -23,25 +33,53 @@ compare them with its own run of the same inputs (``edgec bench --check-outputs`
 Output: the JSON document on stdout (or ``--out FILE``); progress lines on
 stderr, each starting with ``edgec-harness:``, so a host can stream them.
 Exit codes: 0 ok, 2 bad arguments or inputs, 3 the model cannot be loaded or
-run, 4 no usable runtime.
+run, 4 no usable runtime. A crash (a signal) is the runtime's: Python's
+faulthandler prints where it happened on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import faulthandler
 import hashlib
 import json
 import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
 
-SCHEMA = "edgec.harness/1"
+SCHEMA = "edgec.harness/2"
+CHECK_SCHEMA = "edgec.runtime-check/1"
 RUNTIMES = ("auto", "litert", "tflite_runtime", "tflm")
+AUTO_ORDER = ("litert", "tflite_runtime", "tflm")
 PROGRESS_PREFIX = "edgec-harness:"
+EMULATED_ENV = "EDGEC_EMULATED"  # e.g. "qemu-aarch64", set by an emulated board's transport
+# Seconds a runtime may take to load and run a model once in the child.
+LOAD_CHECK_SECS = 120.0
+
+# A float32 [1, 2] -> x + 1 model (one ADD), 728 bytes, made with the TFLite
+# converter: loaded and run in each runtime by --check-runtimes.
+TINY_MODEL = base64.b64decode(
+    "HAAAAFRGTDMUACAAHAAYABQAEAAMAAAACAAEABQAAAAcAAAAHAAAAHQAAAA8AQAATAEAAJQC"
+    "AAADAAAAAAAAAAIAAAA0AAAABAAAANz///8FAAAABAAAABMAAABDT05WRVJTSU9OX01FVEFE"
+    "QVRBAAgADAAIAAQACAAAAAQAAAAEAAAAEwAAAG1pbl9ydW50aW1lX3ZlcnNpb24ABgAAAMQA"
+    "AAC8AAAAqAAAAJgAAAB0AAAABAAAAG7///8EAAAAYAAAABAAAAAAAAAACAAOAAgABAAIAAAA"
+    "EAAAACQAAAAAAAYACAAEAAYAAAAEAAAAAAAAAAwAGAAUABAADAAEAAwAAACiizxWq3mHQwMA"
+    "AAACAAAABAAAAAYAAAAyLjIxLjAAANr///8EAAAAEAAAADEuNS4wAAAAAAAAAAAAAAAEAAYA"
+    "BAAAAAAABgAIAAQABgAAAAQAAAAEAAAAAACAP5D+//+U/v//DwAAAE1MSVIgQ29udmVydGVk"
+    "LgABAAAAFAAAAAAADgAYABQAEAAMAAgABAAOAAAAFAAAABwAAABcAAAAYAAAAGQAAAAEAAAA"
+    "bWFpbgAAAAABAAAAFAAAAAAADgAUAAAAEAAMAAsABAAOAAAAEAAAAAAAAAsMAAAAEAAAABT/"
+    "//8BAAAAAgAAAAIAAAAAAAAAAQAAAAEAAAACAAAAAQAAAAAAAAADAAAAiAAAAEAAAAAEAAAA"
+    "mv///wAAAAEQAAAAEAAAAAMAAAAYAAAAZP///wgAAABJZGVudGl0eQAAAAACAAAAAQAAAAIA"
+    "AADS////AAAAARAAAAAQAAAAAgAAABQAAACc////BQAAAGFkZC95AAAAAAAAAAAAFgAYABQA"
+    "AAAQAAwACAAAAAAAAAAHABYAAAAAAAABEAAAABAAAAABAAAAEAAAAOD///8BAAAAeAAAAAIA"
+    "AAABAAAAAgAAAAEAAAAIAAAABAAEAAQAAAA="
+)
 
 
 class HarnessError(Exception):
@@ -88,6 +126,57 @@ def peak_rss() -> tuple[int | None, str]:
     if hwm is not None:
         return hwm, "VmHWM"
     return _maxrss_bytes(), "ru_maxrss"
+
+
+# ------------------------------------------------------------------ machine
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _cpu_model(cpuinfo: str) -> str | None:
+    """The CPU's name from /proc/cpuinfo (x86: model name; Arm: Model, else its part number)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    for key in ("model name", "Model", "Hardware", "cpu model", "cpu"):
+        if fields.get(key):
+            return fields[key]
+    if fields.get("CPU part"):
+        return f"Arm CPU implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return platform.processor() or None
+
+
+def emulation(cpuinfo: str | None = None) -> dict[str, str] | None:
+    """Whether this is an emulated machine: which emulator, and what says so."""
+    env = os.environ.get(EMULATED_ENV, "").strip()
+    if env:
+        return {"name": env, "evidence": f"${EMULATED_ENV}"}
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    if "QEMU" in text:  # TCG's x86 CPUs: "QEMU Virtual CPU", "QEMU TCG CPU"
+        return {"name": f"qemu-{platform.machine()}", "evidence": "/proc/cpuinfo names a QEMU CPU"}
+    compatible = _read("/proc/device-tree/compatible")
+    if "linux,dummy-virt" in compatible or "qemu" in compatible.lower():
+        return {"name": f"qemu-{platform.machine()}", "evidence": "/proc/device-tree: QEMU virt"}
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What this benchmark ran on: arch (uname -m), CPU, cores, kernel, emulation."""
+    cpuinfo = _read("/proc/cpuinfo")
+    return {
+        "arch": platform.machine(),
+        "cpu_model": _cpu_model(cpuinfo),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "emulated": emulation(cpuinfo),
+    }
 
 
 # ----------------------------------------------------------------- runtimes
@@ -244,7 +333,7 @@ _LOADERS = {"litert": _load_litert, "tflite_runtime": _load_tflite_runtime, "tfl
 
 def import_runtime(choice: str) -> tuple[str, Any, str]:
     """Import the requested runtime (or the first available one): (name, module, version)."""
-    order = ["litert", "tflite_runtime", "tflm"] if choice == "auto" else [choice]
+    order = list(AUTO_ORDER) if choice == "auto" else [choice]
     errors = []
     for name in order:
         try:
@@ -270,6 +359,157 @@ def make_runner(
     except (ValueError, RuntimeError) as exc:
         first = " ".join(str(exc).split())[:300]
         raise HarnessError(f"the {name} runtime cannot load this model: {first}", 3) from exc
+
+
+# Run by each child of a load check: import the harness from its own folder (a
+# plain folder or a zip), load the model in one runtime and run it once.
+_CHILD = (
+    "import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+    "sys.exit(importlib.import_module(sys.argv[2]).load_child(sys.argv[3:]))"
+)
+
+
+def load_child(argv: list[str]) -> int:
+    """In the child: load ``model`` in ``runtime`` and invoke it once. Exit 0, 3 or 4."""
+    runtime, model, threads, arena = argv[0], argv[1], int(argv[2]), argv[3]
+    faulthandler.enable()
+    try:
+        obj, version = _LOADERS[runtime]()
+    except ImportError as exc:
+        print(f"{PROGRESS_PREFIX} error: {exc}", file=sys.stderr, flush=True)
+        return 4
+    name = runtime
+    try:
+        with open(model, "rb") as fh:
+            content = fh.read()
+        runner = make_runner(name, obj, version, content, threads, int(arena) if arena else None)
+        runner.set_inputs(random_inputs(runner.input_specs(), 0))
+        runner.invoke()
+        runner.outputs()
+    except HarnessError as exc:
+        print(f"{PROGRESS_PREFIX} error: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except (ValueError, RuntimeError) as exc:
+        print(f"{PROGRESS_PREFIX} error: {' '.join(str(exc).split())[:300]}", file=sys.stderr)
+        return 3
+    print(version, flush=True)
+    return 0
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _tail(text: str, n: int = 3) -> str:
+    """A dead child's last words on one line: faulthandler's fatal error and the
+    innermost frames when it printed them, else the last ``n`` lines."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    fatal = next((i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")), None)
+    if fatal is None:
+        return " | ".join(lines[-n:])
+    frames = [ln for ln in lines[fatal + 1 :] if ln.startswith("File ")]
+    return " | ".join([lines[fatal], *frames[: n - 1]])
+
+
+def try_runtime(name: str, model: str, threads: int, arena: int | None) -> dict[str, Any]:
+    """Load ``model`` in runtime ``name`` and run it once in a child process.
+
+    Returns ``{"name", "status", "version", "detail"}``; status is ``ok``,
+    ``crashed`` (killed by a signal: named, with its last stderr lines),
+    ``cannot load``, ``not installed`` or ``timed out``.
+    """
+    here = os.path.abspath(__file__)
+    folder, stem = os.path.dirname(here), os.path.splitext(os.path.basename(here))[0]
+    argv = [sys.executable, "-c", _CHILD, folder, stem, name, model, str(threads), str(arena or "")]
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=LOAD_CHECK_SECS,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "name": name,
+            "status": "timed out",
+            "version": None,
+            "detail": f"no answer within {LOAD_CHECK_SECS:g} s",
+        }
+    err = "\n".join(
+        ln.removeprefix(f"{PROGRESS_PREFIX} error: ") for ln in proc.stderr.splitlines()
+    )
+    if proc.returncode == 0:
+        return {"name": name, "status": "ok", "version": proc.stdout.strip() or None, "detail": ""}
+    if proc.returncode < 0:
+        return {
+            "name": name,
+            "status": "crashed",
+            "version": None,
+            "detail": f"killed by {_signal_name(proc.returncode)}"
+            + (f": {_tail(err)}" if err.strip() else ""),
+        }
+    status = "not installed" if proc.returncode == 4 else "cannot load"
+    return {
+        "name": name,
+        "status": status,
+        "version": None,
+        "detail": _tail(err, 1) or f"exit code {proc.returncode}",
+    }
+
+
+def select_runtime(
+    model: str, threads: int, arena: int | None, say: Any = log
+) -> tuple[str, list[dict[str, Any]]]:
+    """``--runtime auto``: the first runtime that loads and runs ``model`` in a child."""
+    tried = []
+    for name in AUTO_ORDER:
+        got = try_runtime(name, model, threads, arena)
+        tried.append(got)
+        if got["status"] == "ok":
+            return name, tried
+        if got["status"] != "not installed":
+            say(f"runtime {name} skipped: {got['status']}: {got['detail']}")
+    raise HarnessError(
+        "no TFLite runtime could load and run this model ("
+        + "; ".join(f"{t['name']}: {t['status']}: {t['detail']}" for t in tried)
+        + "); install one with: pip install ai-edge-litert",
+        4 if all(t["status"] == "not installed" for t in tried) else 3,
+    )
+
+
+def check_runtimes(say: Any = log) -> dict[str, Any]:
+    """``--check-runtimes``: the embedded tiny model, loaded and run in each runtime."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgec-check-") as tmp:
+        path = os.path.join(tmp, "tiny.tflite")
+        with open(path, "wb") as fh:
+            fh.write(TINY_MODEL)
+        results = []
+        for name in AUTO_ORDER:
+            got = try_runtime(name, path, 1, None)
+            say(
+                f"runtime {name}: {got['status']}" + (f": {got['detail']}" if got["detail"] else "")
+            )
+            results.append(got)
+    try:
+        import numpy as np
+
+        numpy_version: str | None = np.__version__
+    except ImportError:
+        numpy_version = None
+    return {
+        "schema": CHECK_SCHEMA,
+        "runtimes": results,
+        "numpy": numpy_version,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "machine": machine_info(),
+    }
 
 
 # ------------------------------------------------------------------- inputs
@@ -332,7 +572,9 @@ def file_inputs(path: str, specs: list[dict[str, Any]]) -> list[Any]:
     return arrays
 
 
-def check_outputs(runner: Runner, specs: list[dict[str, Any]], count: int, seed: int) -> dict[str, Any]:
+def check_outputs(
+    runner: Runner, specs: list[dict[str, Any]], count: int, seed: int
+) -> dict[str, Any]:
     """The raw outputs for the fixed, seeded check inputs: each output tensor stacked
     over the samples, as base64 of its bytes (the host decodes and compares them)."""
     import base64
@@ -403,8 +645,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="harness.py", description="Benchmark one TFLite model; print one JSON document."
     )
-    p.add_argument("model", help="path to the .tflite file")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto")
+    p.add_argument("model", nargs="?", help="path to the .tflite file")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        type=lambda v: v.replace("-", "_"),  # tflite-runtime, as the pip name spells it
+        default="auto",
+    )
+    p.add_argument(
+        "--check-runtimes",
+        action="store_true",
+        help="load and run a tiny embedded model in each runtime; print which run",
+    )
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     p.add_argument("--warmup-runs", type=int, default=1)
     p.add_argument("--warmup-min-secs", type=float, default=0.0)
@@ -438,6 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="write the JSON here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
+    if args.model is None and not args.check_runtimes:
+        p.error("the model path is required (or --check-runtimes)")
     if args.threads < 1 or args.runs < 1 or args.warmup_runs < 0 or args.check_outputs < 0:
         p.error("--threads and --runs must be >= 1, --warmup-runs and --check-outputs >= 0")
     return args
@@ -457,7 +711,11 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
 
     if not os.path.isfile(args.model):
         raise HarnessError(f"model file {args.model} does not exist", 2)
-    name, obj, version = import_runtime(args.runtime)
+    candidates: list[dict[str, Any]] = []
+    choice = args.runtime
+    if choice == "auto":
+        choice, candidates = select_runtime(args.model, args.threads, args.arena_bytes, say)
+    name, obj, version = import_runtime(choice)
     say(f"runtime {name} {version}")
     rss_before = rss_bytes()
 
@@ -525,6 +783,7 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
             "sha256": hashlib.sha256(content).hexdigest(),
         },
         "runtime": {"name": name, "version": version},
+        "runtime_candidates": candidates,
         "threads": runner.threads,
         "params": {
             "warmup_runs": args.warmup_runs,
@@ -557,6 +816,7 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
             "python_executable": sys.executable,
             "numpy": np.__version__,
         },
+        "machine": machine_info(),
     }
     if checked is not None:
         doc["outputs_check"] = checked
@@ -566,10 +826,12 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say = (lambda _m: None) if args.quiet else log
+    # A crash inside a runtime's C++ code then leaves a Python traceback on stderr.
+    faulthandler.enable()
     _arm_watchdog(args.timeout)
     say(f"pid {os.getpid()}")
     try:
-        doc = benchmark(args, say)
+        doc = check_runtimes(say) if args.check_runtimes else benchmark(args, say)
     except HarnessError as exc:
         print(f"{PROGRESS_PREFIX} error: {exc}", file=sys.stderr, flush=True)
         return exc.code

@@ -6,10 +6,10 @@ already on the device with the same sha256, verify and run in one command
 (probe and file states); one more command receives what differs, verifies and
 renames it, and runs the harness. The harness's JSON goes to the artifact's
 ``results/bench-<device>.json``, checked against the target profile's latency
-and RAM budgets (not on an emulated device, whose timings are an
-emulator's). With an outputs check (``--check-outputs``, the default on
+and RAM budgets. With an outputs check (``--check-outputs``, the default on
 emulated devices) the harness also returns the outputs of fixed seeded inputs,
-compared with the host reference (``edgec.agreement``). Few commands matter: each SSH command starts the device
+compared with the host reference (``edgec.agreement``); a difference beyond
+the runtimes' tolerance is stored and then fails the run (exit 7). Few commands matter: each SSH command starts the device
 user's login shell, which costs from milliseconds to half a second.
 
 Nothing is recorded as a success unless the harness exited 0 and printed a
@@ -23,7 +23,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,21 @@ from edgec.deploy.options import Artifact, BenchOptions, Log, budget_profile, is
 from edgec.deploy.protocol import NotReady, harness_args, run_harness
 from edgec.deploy.provision import facts_of, probe_device, python_candidates, require_ready
 from edgec.deploy.publish import deployment, planned_uploads
-from edgec.deploy.transport import Transfer, connect, transfer_for
-from edgec.errors import DeviceError, EdgecError
+from edgec.deploy.transport import Transfer, Transport, connect, transfer_for
+from edgec.errors import DeviceError, EdgecError, InputError
+from edgec.results import (
+    BENCH_SCHEMA,
+    BenchBudgets,
+    BenchCheck,
+    BenchResult,
+    Measured,
+    normalize_arch,
+)
 
-BENCH_SCHEMA = "edgec.bench/1"
+# ``--runtime`` choices, spelled as their pip packages are; the harness names
+# the modules (tflite_runtime).
+RUNTIMES = ("auto", "litert", "tflite-runtime", "tflm")
+HARNESS_RUNTIME = {"tflite-runtime": "tflite_runtime"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +56,7 @@ class Outcome:
     """One device's bench: a result document, or the error that stopped it."""
 
     device: Device
-    result: dict[str, Any] | None = None
+    result: BenchResult | None = None
     error: EdgecError | None = None
     path: Path | None = None  # where the result was stored
 
@@ -55,55 +66,120 @@ class Outcome:
 
     @property
     def budgets_ok(self) -> bool:
-        return bool(self.result and self.result.get("budgets", {}).get("ok", True))
+        return self.result is None or self.result.budgets.ok
 
     @property
     def outputs_ok(self) -> bool:
-        return bool(self.result and (self.result.get("outputs_check") or {}).get("ok", True))
+        check = self.result.outputs_check if self.result is not None else None
+        return check is None or bool(check.get("ok"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine-readable outcome: the result, or the failure and its exit code."""
+        if self.result is not None:
+            return {
+                "device": self.device.name,
+                "ok": True,
+                "stored": str(self.path) if self.path else None,
+                "result": self.result.to_dict(),
+            }
+        assert self.error is not None
+        return {
+            "device": self.device.name,
+            "ok": False,
+            "error": str(self.error),
+            "exit_code": int(self.error.exit_code),
+        }
 
 
 def check_budgets(
-    doc: dict[str, Any], profile: dict[str, Any] | None, emulated: str | None = None
-) -> dict[str, Any]:
+    doc: dict[str, Any], profile: dict[str, Any] | None, measured: Measured
+) -> BenchBudgets:
     """Latency (steady p50) and RAM (peak RSS) against the profile's budgets.
 
-    On an emulated device neither is judged: its timings and its memory (qemu's
-    own included) are the emulator's, not the board's; they are reported as such.
+    Only what the device itself measured is judged: not an emulator's latency,
+    not a host TFLM's latency or RSS standing in for a microcontroller, and
+    nothing of a device whose arch is not the profile's.
     """
     if not profile:
-        return {"profile": None, "checks": [], "ok": True}
-    if emulated:
-        return {
-            "profile": profile.get("name"),
-            "checks": [],
-            "ok": True,
-            "note": f"emulated ({emulated}): latency and memory are the emulator's, "
-            "reported but never judged against the profile's budgets",
-        }
+        return BenchBudgets()
     budgets = profile.get("budgets") or {}
-    checks = []
-    latency = budgets.get("latency_ms")
+    latency, ram = budgets.get("latency_ms"), budgets.get("ram_bytes")
+    notes: list[str] = []
+    checks: list[BenchCheck] = []
+    if measured.arch_mismatch:
+        if latency is not None or ram is not None:
+            notes.append(
+                f"not judged: measured on {measured.arch}, the profile is for "
+                f"{measured.profile_arch} (--allow-arch-mismatch)"
+            )
+        return BenchBudgets(profile=profile.get("name"), notes=tuple(notes))
     if latency is not None:
-        p50 = doc["steady"]["p50_ms"]
-        checks.append({"name": "latency_ms", "limit": latency, "value": p50, "ok": p50 <= latency})
-    ram = budgets.get("ram_bytes")
-    note = None
-    if ram is not None and profile.get("runtime") == "tflm":
+        if measured.where == "host":
+            notes.append(
+                "latency_ms not judged: a host's TFLM interpreter stands in for the "
+                "microcontroller, its timing is the host's"
+            )
+        elif measured.emulated:
+            notes.append(f"latency_ms not judged: the device is emulated ({measured.emulated})")
+        else:
+            p50 = doc["steady"]["p50_ms"]
+            checks.append(
+                BenchCheck(name="latency_ms", limit=latency, value=p50, ok=p50 <= latency)
+            )
+    if ram is not None and measured.where == "host":
         # A microcontroller's RAM budget is the arena, checked by the build's
         # TFLM fit check; a Linux process's RSS says nothing about it.
-        note = "ram_bytes of a TFLM target is the arena (checked by the build), not process RSS"
+        notes.append(
+            "ram_bytes of a TFLM target is the arena (checked by the build), not process RSS"
+        )
     elif ram is not None:
         peak = doc["memory"].get("peak_rss_bytes")
         if peak is not None:
-            checks.append({"name": "ram_bytes", "limit": ram, "value": peak, "ok": peak <= ram})
-    out: dict[str, Any] = {
-        "profile": profile.get("name"),
-        "checks": checks,
-        "ok": all(c["ok"] for c in checks),
-    }
-    if note:
-        out["note"] = note
-    return out
+            checks.append(BenchCheck(name="ram_bytes", limit=ram, value=peak, ok=peak <= ram))
+    return BenchBudgets(profile=profile.get("name"), checks=tuple(checks), notes=tuple(notes))
+
+
+def check_arch(
+    device: Device,
+    label: str,
+    profile: dict[str, Any] | None,
+    machine: str | None,
+    *,
+    allow: bool,
+) -> bool:
+    """Whether the device's machine (uname -m) differs from the profile's ``arch``.
+
+    Raises DeviceError (exit 6) on a mismatch unless ``allow``. A microcontroller
+    profile runs on a host's TFLM interpreter, so its arch is not compared.
+    """
+    if not profile or is_micro(profile) or not profile.get("arch") or not machine:
+        return False
+    want, got = normalize_arch(str(profile["arch"])), normalize_arch(machine)
+    if want == got:
+        return False
+    if allow:
+        return True
+    raise DeviceError(
+        f"device {device.name} ({label}) is {got}, profile {profile.get('name')!r} is for "
+        f"{want}: its results would not be the target's; benchmark on a {want} device, "
+        "or pass --allow-arch-mismatch to store them labelled as mismatched"
+    )
+
+
+def _measured(
+    doc: dict[str, Any], profile: dict[str, Any] | None, transport: Transport, mismatch: bool
+) -> Measured:
+    emulated = transport.emulated
+    return Measured.from_harness(
+        doc,
+        where="host" if is_micro(profile) else "device",
+        emulated=emulated,
+        emulation_evidence=f"the {transport.label} transport" if emulated else None,
+        profile_arch=normalize_arch(str(profile["arch"]))
+        if profile and profile.get("arch")
+        else None,
+        arch_mismatch=mismatch,
+    )
 
 
 def bench_one(
@@ -126,7 +202,9 @@ def bench_one(
         profile = budget_profile(artifact, device, options.target)
         micro = is_micro(profile)
         threads = options.threads or (int(profile["threads"]) if profile else 1)
-        runtime = "tflm" if micro else "auto"
+        runtime = HARNESS_RUNTIME.get(options.runtime, options.runtime)
+        if runtime == "auto" and micro:
+            runtime = "tflm"
         uploads = planned_uploads(device, artifact, options.inputs)
         transport = connect(device, options.connect)
         try:
@@ -169,6 +247,14 @@ def bench_one(
                         timeout=options.connect.command_timeout,
                     )
                 require_ready(facts, device, transport.label)
+                # Refuse before running: the probe already knows the machine.
+                check_arch(
+                    device,
+                    transport.label,
+                    profile,
+                    facts.probe.get("machine"),
+                    allow=options.allow_arch_mismatch,
+                )
                 assert facts.plan is not None
                 python = facts.python
                 transfer = transfer_for(transport, uploads, facts.plan)
@@ -194,11 +280,22 @@ def bench_one(
                         f"could not start after deploying: {exc}"
                     ) from None
             dep = deployment(device, transport.label, python, pubs)
-            emulated = transport.emulated
+            machine = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
+            mismatch = check_arch(
+                device,
+                transport.label,
+                profile,
+                machine.get("arch"),
+                allow=options.allow_arch_mismatch,
+            )
+            measured = _measured(doc, profile, transport, mismatch)
         finally:
             transport.close()
+        section = doc.pop("outputs_check", None)
         outputs = (
-            check_outputs(artifact, doc, stored, threads=threads, where=f"device {device.name}")
+            check_outputs(
+                artifact, doc, section, stored, threads=threads, where=f"device {device.name}"
+            )
             if check is not None
             else None
         )
@@ -212,38 +309,51 @@ def bench_one(
             msg = f"({m[1]}): {m[2]}" if m else f": {msg}"
             exc = type(exc)(f"device {device.name} {msg}".replace(" :", ":"))
         return Outcome(device=device, error=exc)
-    result = {
-        **doc,
-        "schema": BENCH_SCHEMA,
-        "harness_schema": doc.get("schema"),
-        "device": device.name,
-        "device_info": {**device.to_dict(), "address": dep.label, "python": dep.python},
-        "artifact": {
+    if mismatch:
+        log(
+            f"ARCH MISMATCH: measured on {measured.arch}, not {measured.profile_arch}; "
+            "stored labelled as mismatched, no budget judged"
+        )
+    try:
+        result = BenchResult.from_dict(
+            {
+                **doc,
+                "schema": BENCH_SCHEMA,
+                "harness_schema": doc.get("schema"),
+                "device": device.name,
+                "measured": measured.to_dict(),
+                "budgets": check_budgets(doc, profile, measured).to_dict(),
+                "outputs_check": outputs,
+                "edgec_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "wall_seconds": round(time.monotonic() - start, 3),
+            },
+            f"the harness's answer from device {device.name}",
+        )
+    except InputError as exc:
+        return Outcome(device=device, error=DeviceError(f"{exc}; nothing was recorded"))
+    result = replace(
+        result,
+        device_info={**device.to_dict(), "address": dep.label, "python": dep.python},
+        artifact={
             "path": str(artifact.model),
             "file": artifact.model.name,
             "sha256": dep.model.sha256,
             "bytes": dep.model.bytes,
         },
-        "remote": {
+        remote={
             "model": dep.model.remote,
             "harness": dep.harness.remote,
             "uploaded": dep.model.uploaded,
         },
-        "emulated": emulated is not None,
-        "emulator": emulated,
-        "budgets": check_budgets(doc, profile, emulated),
-        "edgec_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.monotonic() - start, 3),
-    }
-    if outputs is not None:
-        result["outputs_check"] = outputs
+    )
     path = None
     if options.save:
         from edgec.report import write_atomic
 
         path = artifact.results_dir / f"bench-{device.slug}.json"
-        write_atomic(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
+        text = json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n"
+        write_atomic(path, text.encode())
     return Outcome(device=device, result=result, path=path)
 
 
@@ -264,6 +374,7 @@ def check_plan(
 def check_outputs(
     artifact: Artifact,
     doc: dict[str, Any],
+    section: Any,
     stored: dict[str, Any] | None,
     *,
     threads: int,
@@ -271,11 +382,10 @@ def check_outputs(
 ) -> dict[str, Any]:
     """Compare the harness's ``outputs_check`` with the stored or a fresh host reference.
 
-    The raw outputs leave the result document: it keeps the comparison only.
+    Only the comparison goes into the result, not the raw outputs.
     """
     from edgec.modelinfo import read_model
 
-    section = doc.pop("outputs_check", None)
     if not isinstance(section, dict):
         raise DeviceError(f"{where}: the harness returned no outputs for the outputs check")
     reference = stored or agreement.host_reference(

@@ -76,8 +76,25 @@ class Device:
 _KEYS = {f.name for f in fields(Device)} - {"name", "kind"}
 
 
-def local_device(python: str | None = None, workdir: str = ".") -> Device:
-    return Device(name=LOCAL, kind=DeviceKind.LOCAL, python=python, workdir=workdir)
+def edgec_cache() -> Path:
+    """edgec's cache folder: ``$XDG_CACHE_HOME/edgec``, default ``~/.cache/edgec``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgec"
+
+
+def local_workdir() -> Path:
+    """The local device's work folder: ``$XDG_CACHE_HOME/edgec/local`` (default
+    ``~/.cache``), so ``--device local`` never writes into the working directory."""
+    return edgec_cache() / "local"
+
+
+def local_device(python: str | None = None, workdir: str | None = None) -> Device:
+    return Device(
+        name=LOCAL,
+        kind=DeviceKind.LOCAL,
+        python=python,
+        workdir=workdir or str(local_workdir()),
+    )
 
 
 def emulated_device(spec: str) -> Device:
@@ -90,7 +107,7 @@ def emulated_device(spec: str) -> Device:
         kind=DeviceKind.EMULATED,
         profile=board.profile,
         python=str(layout().wrapper(board)),
-        workdir=".",
+        workdir=str(layout().work(board)),
     )
 
 

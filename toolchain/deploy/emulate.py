@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from edgec.deploy.devices import EMULATED_PREFIX as PREFIX
-from edgec.deploy.devices import Device
-from edgec.deploy.local import LocalTransport, edgec_cache
+from edgec.deploy.devices import Device, edgec_cache
+from edgec.deploy.local import LocalTransport
 from edgec.deploy.transport import ConnectOptions
 from edgec.errors import DeviceError, UsageError
 
@@ -687,4 +687,4 @@ class EmulatedTransport(LocalTransport):
     @classmethod
     def open(cls, device: Device, options: ConnectOptions) -> EmulatedTransport:
         # The board's python is the wrapper path; it must exist (prepared) to be used.
-        return cls(require_prepared(board_named(device.name)), options.local_home)
+        return cls(require_prepared(board_named(device.name)), Path(device.workdir))

@@ -18,33 +18,25 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgec.deploy.devices import Device
+from edgec.deploy.devices import Device, local_workdir
 from edgec.deploy.transport import NOT_FOUND, ConnectOptions, LineSink, ProgressSink, RunResult
 from edgec.errors import DeviceError
-
-
-def edgec_cache() -> Path:
-    """edgec's cache folder: ``$XDG_CACHE_HOME/edgec``, default ``~/.cache/edgec``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgec"
-
-
-def default_workdir() -> Path:
-    return edgec_cache() / "local-device"
 
 
 class LocalTransport:
     """A child process on this machine; remote relative paths live under ``home``."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = Path(home) if home is not None else default_workdir()
+        self.home = Path(home) if home is not None else local_workdir()
         self.home.mkdir(parents=True, exist_ok=True)
         self.label = "local"
         self.emulated: str | None = None
 
     @classmethod
     def open(cls, device: Device, options: ConnectOptions) -> LocalTransport:
-        return cls(options.local_home)
+        # The device's work folder is absolute (devices.local_workdir), so the
+        # paths in messages and results are the real ones.
+        return cls(Path(os.path.expanduser(device.workdir)))
 
     def notices(self) -> list[str]:
         return []

@@ -41,6 +41,8 @@ class BenchOptions:
     inputs: Path | None = None  # a .npy/.npz file uploaded next to the model
     target: str | None = None  # profile for budgets; default the artifact's manifest target
     jobs: int = 4  # devices benchmarked at once in a fleet
+    runtime: str = "auto"  # auto | litert | tflite-runtime | tflm
+    allow_arch_mismatch: bool = False  # store (labelled, unjudged) results of another arch
     save: bool = True
     # Outputs of fixed seeded inputs compared with the host reference (edgec.agreement);
     # None: on for emulated devices, off for others.

@@ -37,6 +37,19 @@ from edgec.errors import DeviceError
 HOST_GRACE_SECS = 10.0
 
 
+def crash_tail(stderr: str, n: int = 3) -> str:
+    """What a crashed harness last said, on one line: its faulthandler report when
+    there is one (the fatal error and the innermost frames), else its last lines."""
+    lines = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not ln.startswith("edgec-harness:") and not ln.startswith("INFO:")
+    ]
+    fatal = next((i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")), None)
+    picked = lines[fatal : fatal + n + 1] if fatal is not None else lines[-n:]
+    return " | ".join(ln for ln in picked if not ln.startswith("Current thread"))[:500]
+
+
 def harness_args(
     uploads: list[Upload],
     options: BenchOptions,
@@ -105,6 +118,8 @@ def run_harness(
     """
     pid: list[str] = []
     errors: list[str] = []
+    died: list[str] = []
+    running: list[str] = []  # the runtime the harness announced
 
     def on_line(line: str) -> None:
         text = line.removeprefix("edgec-harness:").strip()
@@ -113,8 +128,13 @@ def run_harness(
             if announce:
                 log(announce)
             return
+        if text.startswith("died of ") and line.startswith("edgec-harness:"):
+            died.append(text[len("died of ") :])
+            return
         if text.startswith("error: "):
             errors.append(text[len("error: ") :])
+        if text.startswith("runtime ") and " skipped" not in text:
+            running.append(text[len("runtime ") :])
         if line.startswith("edgec-harness:"):
             log(text)
 
@@ -146,23 +166,28 @@ def run_harness(
         raise NotReady(f"python {python!r} not found")
     if res.exit_code == HARNESS_NO_RUNTIME:
         raise NotReady(errors[-1] if errors else "no runtime")
+    signal_name = died[-1] if died else res.signal
     if res.exit_code != 0:
-        watchdog = res.seconds >= options.timeout - 0.5 and (
-            res.exit_code in (-1, 128 + 14, -14) or res.signal in ("SIGALRM", "unknown")
+        watchdog = signal_name == "SIGALRM" or (
+            res.seconds >= options.timeout - 0.5
+            and (res.exit_code in (-1, 128 + 14, -14) or signal_name in ("SIGKILL", "unknown"))
         )
         if watchdog:
             raise DeviceError(
                 f"{where}: the harness did not finish within {options.timeout:g} s "
                 "and was killed; raise --timeout or lower --runs"
             )
+        if died or res.signal or res.exit_code < 0 or res.exit_code > 128:
+            sig = signal_name if signal_name and signal_name != "unknown" else "a signal"
+            tail = crash_tail(res.stderr)
+            raise DeviceError(
+                f"{where}: the harness crashed (killed by {sig}, exit {res.exit_code})"
+                + (f" in runtime {running[-1]}" if running else "")
+                + "; nothing was recorded"
+                + (f"; its last stderr lines: {tail}" if tail else "")
+            )
         if errors:
             raise DeviceError(f"{where}: the harness failed: {errors[-1]}")
-        if res.signal or res.exit_code < 0 or res.exit_code > 128:
-            sig = res.signal if res.signal and res.signal != "unknown" else "a signal"
-            raise DeviceError(
-                f"{where}: the harness crashed (killed by {sig}, exit "
-                f"{res.exit_code}); nothing was recorded"
-            )
         raise DeviceError(
             f"{where}: the harness failed (exit {res.exit_code}): "
             f"{last_line(res.stderr, res.exit_code)}"

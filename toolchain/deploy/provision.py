@@ -10,6 +10,7 @@ pip-installs numpy and a runtime into it, from local wheels when offline.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import sys
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from edgec.deploy.transport import (
     connect,
     plan,
     publish,
+    sha256_file,
 )
 from edgec.errors import DeviceError, UsageError
 
@@ -58,10 +60,53 @@ class DeviceFacts:
     probe: dict[str, Any]
     missing: tuple[str, ...] = ()
     plan: Plan | None = None
+    # ``device check``: each runtime loading and running a tiny model (the
+    # harness's --check-runtimes): [{"name", "status", "version", "detail"}]
+    runtimes: tuple[dict[str, Any], ...] = ()
+    notes: tuple[str, ...] = ()  # what the user should know (a venv that is not used)
 
     @property
     def ok(self) -> bool:
         return not self.missing
+
+    def runtimes_text(self) -> str:
+        if not self.runtimes:
+            return runtimes_text(self.probe)
+        return ", ".join(
+            f"{r['name']} {r.get('version') or ''} ok".replace("  ", " ")
+            if r["status"] == "ok"
+            else f"{r['name']} {r['status'].upper() if r['status'] == 'crashed' else r['status']}"
+            + (f" ({r['detail']})" if r["status"] not in ("ok", "not installed") else "")
+            for r in self.runtimes
+        )
+
+    def to_dict(self, device: Device) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "device": device.name,
+            "python": self.python,
+            "missing": list(self.missing),
+            "runtimes": list(self.runtimes),
+            "notes": list(self.notes),
+            "probe": self.probe,
+        }
+
+
+def harness_source() -> Path:
+    from edgec import harness
+
+    return Path(harness.__file__).with_name("harness.py")
+
+
+def harness_upload(device: Device) -> Upload:
+    """The harness's versioned path on the device: <workdir>/harness/<sha256[:12]>/."""
+    src = harness_source()
+    digest = sha256_file(src)
+    return Upload(
+        local=src,
+        sha256=digest,
+        remote=posixpath.join(workdir(device), "harness", digest[:12], "harness.py"),
+    )
 
 
 def facts_of(python: str, state: Plan, *, need_micro: bool) -> DeviceFacts:
@@ -116,6 +161,41 @@ def require_ready(facts: DeviceFacts, device: Device, label: str) -> None:
     )
 
 
+def check_runtimes(
+    transport: Transport, device: Device, facts: DeviceFacts, *, need_micro: bool, timeout: float
+) -> DeviceFacts:
+    """Publish the harness and have it load and run a tiny model in each runtime."""
+    up = harness_upload(device)
+    state = plan(transport, facts.python, [up], timeout=timeout)
+    publish(transport, facts.python, [up], state, timeout=timeout)
+    res = transport.run([facts.python, up.remote, "--check-runtimes", "--quiet"], timeout=300)
+    text = res.stdout.decode(errors="replace")
+    try:
+        doc = json.loads(text[text.find("{") :]) if "{" in text else None
+    except ValueError:
+        doc = None
+    if res.exit_code != 0 or not isinstance(doc, dict) or "runtimes" not in doc:
+        raise DeviceError(
+            f"{transport.label}: the runtime check failed: {last_line(res.stderr, res.exit_code)}"
+        )
+    runs = tuple(r for r in doc["runtimes"] if isinstance(r, dict))
+    ok = {r["name"] for r in runs if r.get("status") == "ok"}
+    missing = [m for m in facts.missing if "runtime" not in m]
+    if need_micro and "tflm" not in ok:
+        missing.append("the TFLM runtime that runs (pip install tflite-micro)")
+    elif not need_micro and not ok & {"litert", "tflite_runtime"}:
+        bad = "; ".join(
+            f"{r['name']}: {r['status']}" + (f" ({r['detail']})" if r.get("detail") else "")
+            for r in runs
+            if r.get("status") != "not installed"
+        )
+        missing.append(
+            "a TFLite runtime that runs (ai-edge-litert or tflite-runtime)"
+            + (f": {bad}" if bad else "")
+        )
+    return replace(facts, runtimes=runs, missing=tuple(missing))
+
+
 def check_device(
     spec: str,
     *,
@@ -123,11 +203,19 @@ def check_device(
     need_micro: bool = False,
     options: ConnectOptions | None = None,
 ) -> DeviceFacts:
-    """``edgec device check``: connect, probe, raise DeviceError if something is missing."""
+    """``edgec device check``: connect, probe, load and run a tiny model in each runtime;
+    raise DeviceError if something is missing or no runtime runs."""
     device = resolve_device(spec, devices_file)
+    options = options or ConnectOptions()
     transport = connect(device, options)
     try:
-        facts = probe_device(transport, device, need_micro=need_micro)
+        facts = probe_device(
+            transport, device, need_micro=need_micro, timeout=options.command_timeout
+        )
+        if facts.probe.get("numpy"):
+            facts = check_runtimes(
+                transport, device, facts, need_micro=need_micro, timeout=options.command_timeout
+            )
         require_ready(facts, device, transport.label)
         return facts
     finally:
@@ -220,6 +308,15 @@ def setup_device(
             )
         facts = probe_device(transport, replace(device, python=venv_py))
         require_ready(facts, device, transport.label)
+        if device.python and device.python != venv_py:
+            # Said plainly: the devices file's python wins over the venv.
+            note = (
+                f"device {device.name} sets python = {device.python!r}, so bench and deploy "
+                f"use that interpreter, not this venv; remove 'python' from the devices file "
+                f"(or set it to {venv_py!r}) to use the venv"
+            )
+            log(f"note: {note}")
+            facts = replace(facts, notes=(note,))
         log(
             f"ready: {venv_py} (Python {facts.probe.get('python')}, numpy "
             f"{facts.probe.get('numpy')}, runtimes {runtimes_text(facts.probe)})"

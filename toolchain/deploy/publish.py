@@ -32,7 +32,7 @@ from edgec.deploy.options import (
     quiet,
     safe_name,
 )
-from edgec.deploy.provision import probe_device, require_ready, workdir
+from edgec.deploy.provision import harness_upload, probe_device, require_ready, workdir
 from edgec.deploy.transport import (
     ConnectOptions,
     Published,
@@ -55,30 +55,38 @@ class Deployment:
     inputs: Published | None = None
     probe: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        def pub(p: Published | None) -> dict[str, Any] | None:
+            if p is None:
+                return None
+            return {
+                "remote": p.remote,
+                "sha256": p.sha256,
+                "bytes": p.bytes,
+                "uploaded": p.uploaded,
+            }
 
-def harness_source() -> Path:
-    from edgec import harness
-
-    return Path(harness.__file__).with_name("harness.py")
+        return {
+            "device": self.device.name,
+            "address": self.label,
+            "python": self.python,
+            "model": pub(self.model),
+            "harness": pub(self.harness),
+            "inputs": pub(self.inputs),
+        }
 
 
 def planned_uploads(device: Device, artifact: Artifact, inputs: Path | None = None) -> list[Upload]:
     """Model, harness (and inputs) with their versioned remote paths, computed locally."""
     work = workdir(device)
     digest = sha256_file(artifact.model)
-    src = harness_source()
-    hdigest = sha256_file(src)
     uploads = [
         Upload(
             local=artifact.model,
             sha256=digest,
             remote=posixpath.join(work, "models", artifact.name, digest[:12], artifact.model.name),
         ),
-        Upload(
-            local=src,
-            sha256=hdigest,
-            remote=posixpath.join(work, "harness", hdigest[:12], "harness.py"),
-        ),
+        harness_upload(device),
     ]
     if inputs is not None:
         idigest = sha256_file(inputs)

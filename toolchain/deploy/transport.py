@@ -24,8 +24,9 @@ they work wherever the harness can run: no ``sha256sum`` or GNU tools needed.
 Publishing files is: ``plan`` (one command: probe the device, make the
 folders, hash what is already there), then one command that receives what
 differs on its stdin under temporary names, verifies every sha256, renames the
-files into place and, for a benchmark, replaces itself with the harness
-(``run_verified_argv``). So a benchmark of a deployed model is one command, and
+files into place and, for a benchmark, runs the harness
+(``run_verified_argv``, which names the signal if that program dies of one).
+So a benchmark of a deployed model is one command, and
 of a new one two: each SSH command starts the device user's login shell, which
 can cost half a second, and the SFTP subsystem would start one more.
 A dropped connection leaves at most a ``.upload-*`` temporary, which the next
@@ -71,7 +72,6 @@ class ConnectOptions:
     accept_new_host_key: bool = False  # SSH: record an unknown host key
     connect_timeout: float = 10.0  # SSH: TCP connect, banner and authentication
     command_timeout: float = 60.0  # device helper commands (probe, verify, rename)
-    local_home: Path | None = None  # local: the work folder (tests, benchmarks)
 
 
 @runtime_checkable
@@ -282,7 +282,24 @@ def run(spec, commits, checks, *argv):
         return {"ready": True}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable] + list(argv))
+    # The program runs as a child, not by exec: a death by a signal is then
+    # named here (SSH drops the exit signal) and its exit code is 128 + n.
+    import signal, subprocess
+    child = subprocess.Popen([sys.executable] + list(argv))
+    def forward(signum, frame):
+        child.kill()
+    for s in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, forward)
+    code = child.wait()
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "signal %d" % -code
+        sys.stderr.write("edgec-harness: died of %s\n" % name)
+        sys.stderr.flush()
+        sys.exit(128 - code)
+    sys.exit(code)
 def kill(pid):
     import signal
     try:
@@ -414,7 +431,7 @@ def transfer_for(transport: Transport, uploads: list[Upload], state: Plan) -> Tr
 
 def run_verified_argv(python: str, argv: list[str], transfer: Transfer) -> list[str]:
     """One command that receives ``transfer``'s files on stdin, verifies and renames
-    them, checks that every upload is in place, then replaces itself with ``python
+    them, checks that every upload is in place, then runs ``python
     argv...`` (or answers ``{"ready": true}`` when ``argv`` is empty). When anything
     is missing it prints ``EDGEC-OPS {"ready": false, ...}`` instead."""
     return [
