@@ -279,7 +279,7 @@ def host_reference(
 
     The same program as on the device, so inputs and runner are the same code.
     """
-    from edgec.deploy.publish import harness_source
+    from edgec.deploy.provision import harness_source
 
     argv = [sys.executable, str(harness_source()), str(model), "--runtime", runtime]
     argv += ["--threads", str(threads), "--runs", "1", "--warmup-runs", "0", "--quiet"]

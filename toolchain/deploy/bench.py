@@ -214,6 +214,10 @@ def bench_one(
                 else transport.emulated is not None
             )
             stored, check = check_plan(artifact, options) if checking else (None, None)
+            if runtime == "auto" and transport.emulated:
+                # An emulated board's rootfs holds exactly one runtime (edgec.deploy.emulate):
+                # the auto probe would only cost one more emulated interpreter start.
+                runtime = "litert"
             args = harness_args(uploads, options, threads, runtime, check)
             for notice in transport.notices():
                 log(notice)
