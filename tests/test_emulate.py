@@ -232,6 +232,8 @@ def test_unprepared_board_and_bad_specs(artifact, tmp_path):
     assert res.returncode == 6
     assert "not prepared; run `edgec device emulate rpi5` first" in res.stderr
     assert not (tmp_path / "edgec" / "emulate" / "rootfs").exists()
+    res = edgec("device", "setup", "emulated:rpi4")
+    assert res.returncode == 2 and "set up by `edgec device emulate rpi4`" in res.stderr
     res = edgec("device", "emulate", "pi9")
     assert res.returncode == 2 and "valid: rpi4, rpi5, phone" in res.stderr
     with pytest.raises(UsageError, match="valid: rpi4, rpi5, phone"):
