@@ -137,7 +137,7 @@ BOARDS: dict[str, Board] = {
             revision=3,
             features="fp asimd evtstrm crc32 cpuid",
             hardware="BCM2835",
-            model="Raspberry Pi 4 Model B Rev 1.4",
+            model="Raspberry Pi 4 Model B (emulated by qemu-aarch64, cortex-a72)",
         ),
         Board(
             name="rpi5",
@@ -148,7 +148,7 @@ BOARDS: dict[str, Board] = {
             variant=4,
             revision=1,
             features=_A76_FEATURES,
-            model="Raspberry Pi 5 Model B Rev 1.0",
+            model="Raspberry Pi 5 Model B (emulated by qemu-aarch64, cortex-a76)",
         ),
         # A phone's big core; the userland is Debian's, not Android's.
         Board(
@@ -160,6 +160,7 @@ BOARDS: dict[str, Board] = {
             variant=4,
             revision=1,
             features=_A76_FEATURES,
+            model="arm64-v8a phone (emulated by qemu-aarch64, cortex-a76)",
         ),
     )
 }
@@ -603,6 +604,18 @@ def wrapper_script(board: Board, folder: Path, python_version: str, qemu: str) -
     )
 
 
+def _board_current(board: Board, lay: Layout, rootfs: dict[str, Any]) -> bool:
+    """Whether the board's folder is what this edgec would write (else it is rewritten)."""
+    folder = lay.board(board)
+    try:
+        cpuinfo = (folder / "proc" / "cpuinfo").read_text(encoding="utf-8")
+        script = (folder / WRAPPER).read_text(encoding="utf-8")
+    except OSError:
+        return False
+    want = wrapper_script(board, folder, rootfs["python"], _need_tool(QEMU, "qemu-user-static"))
+    return cpuinfo == board.cpuinfo() and script == want
+
+
 def _build_board(board: Board, lay: Layout, rootfs: dict[str, Any]) -> None:
     final = lay.board(board)
     qemu = _need_tool(QEMU, "qemu-user-static")
@@ -643,7 +656,7 @@ def prepare(
     with _locked(lay.root):
         _stale_temporaries(lay.root)
         ready = None if rebuild else prepared(board, lay.root)
-        if ready is not None:
+        if ready is not None and _board_current(board, lay, ready.rootfs):
             return ready
         info_path = lay.rootfs / ROOTFS_INFO
         current = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
