@@ -128,15 +128,18 @@ def test_budget_failure_writes_nothing_unless_kept(
     )
 
 
-def test_artifact_write_is_atomic(tmp_path):
+def test_artifact_write_is_atomic(tmp_path, real_build):
+    from edgec.manifest import read_manifest
+
+    manifest = read_manifest(real_build / "rpi4")
     target = tmp_path / "m" / "rpi4"
-    write_artifact(target, {"model.tflite": b"old"}, {"v": 1})
+    write_artifact(target, {"model.tflite": b"old"}, manifest)
 
     def explode(_tmp):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        write_artifact(target, {"model.tflite": b"new"}, {"v": 2}, finish=explode)
+        write_artifact(target, {"model.tflite": b"new"}, manifest, finish=explode)
     assert (target / "model.tflite").read_bytes() == b"old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["rpi4"]  # no temp folder left
 
@@ -174,6 +177,8 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digit
         (["build", cnn_keras_file, "--data", wrong_shape], 3, "the model takes (8, 8, 1)"),
         (["build", cnn_keras_file, "--target", "rpi3"], 2, "unknown target 'rpi3'"),
         (["build", cnn_keras_file, "--target", tmp_path / "bad.toml"], 2, "unknown key 'bogus'"),
+        # A failure inside a target's build names the target and the stage.
+        (["build", cnn_keras_file, "--search"], 3, "build rpi4: stage 'compress' failed: "),
     ]
     for i, (args, code, needle) in enumerate(cases):
         if args[0] == "build":
@@ -201,7 +206,10 @@ def test_profile_default_recipe_runs_with_data(built):
     assert phone[0]["gzip_bytes"] < rpi4[0]["gzip_bytes"] * 0.8  # the zeros compress
 
 
-def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_keras_file, digits_npz):
+def test_search_keeps_the_smallest_within_bound_and_ships_the_measured_bytes(
+    tmp_path, cnn_keras_file, digits_npz
+):
+    """No second conversion after the search: model.tflite is the chosen candidate's bytes."""
     from edgec.build import BuildRequest, build
 
     request = BuildRequest(
@@ -212,8 +220,9 @@ def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_kera
         max_accuracy_drop=0.02,
         epochs_scale=0.25,
     )
-    result = build(request, log=lambda _m: None)
-    manifest = result.targets[0].manifest
+    lines: list[str] = []
+    result = build(request, log=lines.append)
+    manifest = result.targets[0].manifest.to_dict()
     search = manifest["search"]
     plain = next(c for c in search["candidates"] if c["label"] == "plain")
     chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
@@ -221,5 +230,58 @@ def test_search_through_build_keeps_the_smallest_within_bound(tmp_path, cnn_kera
     assert chosen["gzip_bytes"] <= plain["gzip_bytes"] and chosen["accuracy_drop"] <= 0.02
     assert [p["id"] for p in manifest["passes"]] == [p["id"] for p in search["chosen_passes"]]
     art = manifest["artifacts"][0]
-    assert art["metrics"]["accuracy_drop"] <= 0.02 + 0.005  # re-converted: same model, same bound
+    assert art["metrics"]["accuracy"] == chosen["accuracy"]  # the very bytes that were measured
     assert (tmp_path / "tiny_cnn" / "rpi4" / "report.html").is_file()
+    # No second conversion: model.tflite is the chosen candidate's measured .tflite, byte for byte.
+    from edgec.evaluate import gzip_size
+
+    typed = result.targets[0].manifest.search
+    assert typed is not None
+    shipped = (tmp_path / "tiny_cnn" / "rpi4" / "model.tflite").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == typed.extra["chosen_sha256"]
+    assert len(shipped) == chosen["bytes"] and gzip_size(shipped) == chosen["gzip_bytes"]
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "rpi4"])
+def test_build_from_manifest_is_byte_identical(real_build, tmp_path, target):
+    """`edgec build --from-manifest` replays profile, recipe, search, seed and calibration."""
+    from edgec.manifest import read_manifest
+
+    recorded = read_manifest(real_build / target)
+    out = tmp_path / "again"
+    run = _cli(
+        "build",
+        recorded.model.source,
+        "--data",
+        recorded.replay.data,
+        "--from-manifest",
+        real_build / target / "manifest.json",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    again = out / recorded.model.name / target
+    assert (again / "model.tflite").read_bytes() == (
+        real_build / target / "model.tflite"
+    ).read_bytes()
+    replayed = read_manifest(again)
+    assert replayed.replay == recorded.replay and replayed.recipe == recorded.recipe
+    if recorded.micro is not None:
+        name = "firmware/model_data.cc"
+        assert (again / name).read_bytes() == (real_build / target / name).read_bytes()
+    # Other data than the manifest records is refused, naming both.
+    other = tmp_path / "other.npz"
+    other.write_bytes(Path(recorded.replay.data).read_bytes() + b"\0")
+    run = _cli(
+        "build",
+        recorded.model.source,
+        "--data",
+        other,
+        "--from-manifest",
+        real_build / target / "manifest.json",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 3 and "not the data the manifest records" in run.stderr

@@ -37,8 +37,8 @@ def edgec(
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_build(tmp_path_factory.mktemp("cli"))
+def build(tmp_path_factory: pytest.TempPathFactory, real_build: Path) -> Path:
+    return make_build(tmp_path_factory.mktemp("cli"), real_build)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from edgec.deploy.devices import load_devices, parse_spec, resolve_device
 from edgec.deploy.options import BenchOptions, locate_artifact
 from edgec.deploy.publish import deploy_to
 from edgec.deploy.transport import ConnectOptions, connect
-from edgec.errors import DeviceError, UsageError
+from edgec.errors import DeviceError, InputError, UsageError
 
 NASTY = "work dir; $(touch PWNED) `touch PWNED2` 'q\""
 
@@ -726,3 +726,54 @@ def test_group_all_unreachable_json_names_each_failure(env, models, tmp_path):
         "bench", str(models["tiny"]), "--group", "nope", "--devices", str(devs), "--json"
     )
     assert code == 2 and json.loads(out)["exit_code"] == 2  # the same envelope as build
+
+
+def test_a_harness_crash_over_ssh_names_the_signal(env, models, tmp_path):
+    """SSH drops a command's exit signal; the device helper names it instead."""
+    from test_harness import crashing_runtime
+
+    client, server, _ = env
+    broken = crashing_runtime(tmp_path / "broken")
+    python = tmp_path / "python-with-broken-litert"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={broken} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    devs = devices_toml(
+        tmp_path / "d.toml",
+        {"dev": device_entry(server, client, tmp_path / "w", python=str(python))},
+    )
+    code, _, err = cli(
+        "bench",
+        str(models["tiny"]),
+        "--device",
+        "dev",
+        "--devices",
+        str(devs),
+        "--runtime",
+        "litert",
+    )
+    assert code == 6 and "the harness crashed (killed by SIGSEGV, exit 139)" in err
+    assert "Fatal Python error: Segmentation fault" in err
+    assert not (models["tiny"] / "results").exists()
+
+
+def test_bench_result_reader_is_strict_and_reads_v1(env, models, tmp_path):
+    """One reader: the typed result round-trips, a v1 file still reads, a foreign one is named."""
+    from edgec.results import BenchResult
+
+    art = tmp_path / "art"
+    shutil.copytree(models["tiny"], art)
+    code, out, err = cli("bench", str(art), "--runs", "3", "--json")
+    assert code == 0, err
+    stored = json.loads((art / "results" / "bench-local.json").read_text())
+    result = BenchResult.from_dict(stored, "bench-local.json")
+    assert result.to_dict() == stored == json.loads(out)["devices"][0]["result"]
+
+    v1 = {k: v for k, v in stored.items() if k not in ("measured", "machine")}
+    v1["schema"] = "edgec.bench/1"
+    old = BenchResult.from_dict(v1, "old.json")
+    assert old.measured.arch == stored["platform"]["machine"] and old.measured.where == "device"
+
+    with pytest.raises(InputError, match=r"old\.json: field 'schema' = 'edgec.bench/9'"):
+        BenchResult.from_dict({**stored, "schema": "edgec.bench/9"}, "old.json")
+    with pytest.raises(InputError, match=r"x\.json: steady: field 'count' is missing"):
+        BenchResult.from_dict({**stored, "steady": {"p50_ms": 1.0}}, "x.json")

@@ -198,7 +198,7 @@ def test_corrupt_file_is_an_input_error(int8_model):
         fit_report(truncated, load_profile("cortex-m4"))
 
 
-def test_choose_smallest_keeps_per_tensor_dense_when_it_agrees(digits):
+def test_choose_smallest_keeps_per_tensor_dense_when_it_agrees(digits, tmp_path):
     model = _conv_model(dense_units=64)  # a wide dense layer: per-channel scales cost bytes
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits.x_train, digits.y_train, epochs=2, verbose=0)
@@ -227,6 +227,11 @@ def test_choose_smallest_keeps_per_tensor_dense_when_it_agrees(digits):
     text = choice.format_text()
     assert "per-tensor dense" in text and "per-channel dense" in text
     json.dumps(choice.to_dict())
+    # No candidate can fit at all: the smallest one's lower bounds are the error.
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('extends = "cortex-m4"\n[budgets]\nflash_bytes = 1000\n')
+    with pytest.raises(BudgetError, match=r"\(per-tensor dense\): too big .* before TFLM runs"):
+        choose_smallest(cands, load_profile(tiny), x)
 
 
 def test_cost_table_is_data_checked_strictly(tmp_path):

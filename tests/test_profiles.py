@@ -86,3 +86,42 @@ def test_cli_targets_lists_and_shows(run_cli):
     assert code == 0 and "threads" in out and "budgets.latency_ms" in out
     code, _, err = run_cli("targets", "show", "nope")
     assert code == 2 and "unknown target 'nope'" in err
+
+
+def test_a_typo_in_a_profile_pass_id_fails_when_it_loads(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "rpi4"\npasses = [{ id = "prunee" }]\n')
+    exe = Path(sys.executable).with_name("edgec")
+    run = subprocess.run(
+        [str(exe), "targets", "show", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "unknown pass 'prunee'" in run.stderr
+    assert "valid: " in run.stderr and "prune" in run.stderr.split("valid: ")[1]
+    # A multi-target build checks every profile before it writes any artifact.
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"never loaded")
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [str(exe), "build", str(model), "-t", "rpi4", "-t", str(bad), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "prunee" in run.stderr and not out.exists()
+
+
+def test_every_profile_round_trips_through_its_manifest_form():
+    """A manifest's ``target`` rebuilds the profile exactly (what --from-manifest replays)."""
+    from edgec.errors import ProfileError
+    from edgec.profiles import Profile, builtin_names, load_profile
+
+    for name in builtin_names():
+        profile = load_profile(name)
+        assert Profile.from_dict(profile.to_dict()) == profile
+    broken = {**load_profile("rpi4").to_dict(), "threads": 0}
+    with pytest.raises(ProfileError, match="'threads' = 0"):
+        Profile.from_dict(broken, where="manifest.json: field 'target'")

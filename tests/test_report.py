@@ -1,10 +1,10 @@
 """Reports: report.html / report.md per artifact and per build, rendered from stored JSON.
 
 ``make_build`` (also used by test_release, test_report_browser and
-test_cli_finish) makes a real build folder: a tiny Keras model trained on the
-digits, a real low-rank pass, real conversions for two targets, real host
-metrics, a real search-candidate list, and results/ written by the real
-on-device harness run locally.
+test_cli_finish) copies the session's real build (conftest ``real_build``):
+what ``edgec build`` wrote for two targets, a low-rank pass and the real
+search's candidates included, and results/ written by the real on-device
+harness run locally.
 """
 
 from __future__ import annotations
@@ -16,177 +16,18 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 MODEL = "digits_tiny"
 TARGETS = ("rpi4", "cortex-m4")
-_TEMPLATE: dict[str, Path] = {}
 
 
-def _entry(
-    file: str,
-    quantization: str,
-    content: bytes,
-    metrics: dict[str, Any],
-    baseline_acc: float | None,
-) -> dict[str, Any]:
-    from edgec.evaluate import size_facts
-    from edgec.modelinfo import read_model
-
-    info = read_model(content, file)
-    metrics = dict(metrics)
-    if baseline_acc is not None and "accuracy" in metrics:
-        metrics["accuracy_drop"] = round(baseline_acc - metrics["accuracy"], 6)
-    return {
-        "file": file,
-        "quantization": quantization,
-        **size_facts(content),
-        "inputs": [t.to_dict() for t in info.input_tensors],
-        "outputs": [t.to_dict() for t in info.output_tensors],
-        "ops": info.op_counts,
-        "metrics": metrics,
-    }
-
-
-def _harness(model: Path, runtime: str) -> dict[str, Any]:
-    """A real bench result: the on-device harness run by `edgec bench` on the local device."""
-    from dataclasses import replace
-
-    from edgec.deploy.bench import bench_one
-    from edgec.deploy.devices import local_device
-    from edgec.deploy.options import BenchOptions, locate_artifact
-
-    device = replace(local_device(), name=f"local-{runtime}")
-    # This host is not an rpi4: the result is stored labelled as mismatched.
-    options = BenchOptions(runs=40, runtime=runtime, save=False, allow_arch_mismatch=True)
-    outcome = bench_one(locate_artifact(model.parent), device, options)
-    assert outcome.result is not None, outcome.error
-    return outcome.result.to_dict()
-
-
-def _make_template(root: Path) -> Path:
-    import keras
-
-    from edgec.artifact import library_versions, write_artifact
-    from edgec.convert import ConvertOptions, convert
-    from edgec.data import demo_dataset
-    from edgec.evaluate import evaluate, size_facts
-    from edgec.passes.lowrank import LowRankParams, LowRankPass
-    from edgec.pipeline import PassContext, PassManager
-    from edgec.profiles import IODtype, Quantization, load_profile
-    from edgec.report import render_reports
-
-    data = demo_dataset()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(data.x_train, data.y_train, epochs=3, batch_size=64, verbose=0)
-
-    float_content = convert(model, ConvertOptions(quantization=Quantization.FLOAT32))
-    base = evaluate(float_content, data)
-    baseline = {**size_facts(float_content), **base.metrics}
-    lowrank = LowRankPass(LowRankParams(min_params=512, energy=0.8, epochs=0))
-    compressed, records = PassManager([lowrank]).run(model, PassContext(data=data))
-    calib = data.calibration(64, 0)
-
-    build = root / MODEL
-    for name in TARGETS:
-        profile = load_profile(name)
-        micro = profile.is_micro
-        source = model if micro else compressed  # one target with a pass, one without
-        int8 = ConvertOptions(
-            quantization=Quantization.INT8,
-            input_dtype=profile.input_dtype if micro else IODtype.FLOAT32,
-            output_dtype=profile.output_dtype if micro else IODtype.FLOAT32,
-        )
-        files, arts, cands = {}, [], []
-        schemes = [("model.tflite", int8)]
-        if not micro:
-            schemes.append(
-                ("model.float16.tflite", ConvertOptions(quantization=Quantization.FLOAT16))
-            )
-        for file, opts in schemes:
-            content = convert(source, opts, calib)
-            ev = evaluate(content, data, reference=base.outputs)
-            files[file] = content
-            arts.append(
-                _entry(file, str(opts.quantization), content, ev.metrics, baseline.get("accuracy"))
-            )
-        if not micro:  # the accuracy-aware search's candidates, measured for real
-            for q in (Quantization.FLOAT32, Quantization.DYNAMIC, Quantization.INT8):
-                content = convert(source, ConvertOptions(quantization=q), calib)
-                ev = evaluate(content, data, latency=False)
-                facts = size_facts(content)
-                cands.append(
-                    {
-                        "label": f"lowrank+{q}",
-                        "bytes": facts["bytes"],
-                        "gzip_bytes": facts["gzip_bytes"],
-                        "accuracy": ev.metrics["accuracy"],
-                        "ok": q is not Quantization.FLOAT32,
-                    }
-                )
-        checks = [
-            {
-                "name": "max_accuracy_drop",
-                "limit": 0.2,
-                "value": arts[0]["metrics"]["accuracy_drop"],
-                "ok": arts[0]["metrics"]["accuracy_drop"] <= 0.2,
-                "estimate": False,
-            }
-        ]
-        manifest = {
-            "edgec_version": "0.1.0",
-            "model": {
-                "name": MODEL,
-                "source": "tests/test_report.py",
-                "sha256": "ab" * 32,
-                "format": "keras",
-                "loader": "keras",
-            },
-            "data": data.describe(),
-            "target": profile.to_dict(),
-            "recipe": [] if micro else [{"id": "lowrank", "params": lowrank.param_dict()}],
-            "passes": [] if micro else [r.to_dict() for r in records],
-            "baseline": baseline,
-            "artifacts": arts,
-            "budgets": {
-                "checks": checks,
-                "ok": all(c["ok"] for c in checks),
-                "kept_despite_failure": False,
-            },
-            "versions": library_versions(),
-        }
-        if cands:
-            manifest["search"] = {"candidates": cands, "chosen": f"lowrank+{Quantization.INT8}"}
-        write_artifact(build / name, files, manifest)
-        doc = _harness(build / name / "model.tflite", "tflm" if micro else "litert")
-        (build / name / "results").mkdir(exist_ok=True)
-        (build / name / "results" / f"bench-{doc['device']}.json").write_text(
-            json.dumps(doc, indent=1, sort_keys=True)
-        )
-        render_reports(build / name)  # as build and bench do
-    return build
-
-
-def make_build(dest: Path) -> Path:
-    """A copy of the (once per session) real build, at ``dest/digits_tiny``; returns that path."""
-    if "build" not in _TEMPLATE:
-        _TEMPLATE["build"] = _make_template(Path(tempfile.mkdtemp(prefix="edgec-test-build-")))
+def make_build(dest: Path, real_build: Path) -> Path:
+    """A copy of the session's real build (conftest ``real_build``) at ``dest/digits_tiny``."""
     out = dest / MODEL
-    shutil.copytree(_TEMPLATE["build"], out)
+    shutil.copytree(real_build, out)
     return out
 
 
@@ -198,8 +39,8 @@ def _pngs(html_text: str) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_build(tmp_path_factory.mktemp("report"))
+def build(tmp_path_factory: pytest.TempPathFactory, real_build: Path) -> Path:
+    return make_build(tmp_path_factory.mktemp("report"), real_build)
 
 
 def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
@@ -218,19 +59,23 @@ def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
     assert not re.search(r'(src|href)="(?!data:)', text)
     manifest = json.loads((build / "rpi4" / "manifest.json").read_text())
     assert f"{manifest['artifacts'][0]['bytes'] / 1024:.1f} KiB" in text
-    assert "lowrank" in text and "lowrank+int8 (chosen)" in text
+    assert "lowrank" in text and f"{manifest['search']['chosen']} (chosen)" in text
     md = (build / "rpi4" / "report.md").read_text()
     assert md.startswith("# edgec report: digits_tiny for rpi4")
     assert "| model.tflite | int8 |" in md and "## On-device benchmarks" in md
     assert "local-litert" in md
+    # Each budget check says what measured its figure.
+    assert re.search(r"^\| max_accuracy_drop \| [^|]+ \| 0\.2 \| host \| ok \|$", md, re.M), md
+    assert re.search(r"^\| model_bytes \| [^|]+ \| [^|]+ \| artifact \| ok \|$", md, re.M)
 
 
 def test_size_stages_go_float_compressed_quantized(build: Path) -> None:
     from edgec.report import load_artifact, size_stages
 
     stages = dict(size_stages(load_artifact(build / "rpi4")))
-    assert list(stages)[:2] == ["float32", "compressed (est.)"]
-    assert stages["float32"] > stages["compressed (est.)"] > stages["int8"]
+    first, compressed = list(stages)[:2]
+    assert first == "float32" and compressed.startswith("compressed")
+    assert stages["float32"] > stages[compressed] > stages["int8"]
     assert stages["float16"] > stages["int8"]
     # No pass ran for the microcontroller: float32 straight to int8.
     assert list(dict(size_stages(load_artifact(build / "cortex-m4")))) == [

@@ -69,10 +69,10 @@ def _image_sizes(html_file: Path, tmp: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build(tmp_path_factory: pytest.TempPathFactory, real_build: Path) -> Path:
     from edgec.report import render_dir
 
-    b = make_build(tmp_path_factory.mktemp("browser"))
+    b = make_build(tmp_path_factory.mktemp("browser"), real_build)
     render_dir(b)
     return b
 

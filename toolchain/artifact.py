@@ -17,10 +17,14 @@ import tempfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MANIFEST = "manifest.json"
-SCHEMA = "edgec.manifest/1"
+from edgec.manifest import MANIFEST, SCHEMA, dump_manifest
+
+if TYPE_CHECKING:
+    from edgec.manifest import Manifest
+
+__all__ = ["MANIFEST", "SCHEMA", "dump_json", "library_versions", "write_artifact"]
 
 
 def library_versions() -> dict[str, str]:
@@ -48,7 +52,7 @@ def dump_json(payload: Any) -> str:
 def write_artifact(
     target_dir: Path,
     files: dict[str, bytes],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     *,
     finish: Callable[[Path], None] | None = None,
 ) -> Path:
@@ -72,7 +76,7 @@ def write_artifact(
         old_results = target_dir / "results"
         if old_results.is_dir() and _same_model(target_dir, files):
             shutil.copytree(old_results, tmp / "results")
-        (tmp / MANIFEST).write_text(dump_json({"schema": SCHEMA, **manifest}), encoding="utf-8")
+        (tmp / MANIFEST).write_text(dump_manifest(manifest), encoding="utf-8")
         if finish is not None:
             finish(tmp)
         for path in tmp.rglob("*"):
@@ -95,20 +99,3 @@ def write_artifact(
 def _same_model(target_dir: Path, files: dict[str, bytes]) -> bool:
     old = target_dir / "model.tflite"
     return old.is_file() and "model.tflite" in files and old.read_bytes() == files["model.tflite"]
-
-
-def read_manifest(target_dir: Path) -> dict[str, Any]:
-    from edgec.errors import InputError
-
-    path = Path(target_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{target_dir}: no {MANIFEST}; give an artifact folder written by edgec build"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise InputError(f"{path}: not an edgec manifest (schema {SCHEMA!r} expected)")
-    return manifest

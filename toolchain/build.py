@@ -1,10 +1,25 @@
 """``edgec build``: one model and its data become a verified artifact per target profile.
 
-The flow for each target: run the recipe's compression passes (or the
-accuracy-aware search), convert to the profile's quantization and variants,
-measure every artifact against the float32 baseline through the TFLite runtime,
-run the microcontroller fit check where the profile is one, check the budgets,
-and write the artifact folder atomically with its manifest and reports.
+``build(request)`` loads the model and the data once, converts and measures
+the float32 baseline, checks every target's profile and recipe (before any
+artifact is written), then runs ``build_target`` per target. ``build_target``
+is the public back half, a short list of ``STAGES`` over one ``TargetContext``:
+
+    compress   the recipe's passes, then the accuracy-aware search when asked
+    convert    the profile's quantization and variants (for a microcontroller,
+               the converter choice that fits TFLM best; after a search, the
+               candidate the search measured, byte for byte: no second conversion)
+    evaluate   every artifact against the float32 baseline through LiteRT
+    fit        microcontrollers: TFLM agreement and the firmware sources
+    budgets    every budget, through ``edgec.budgets``
+    write      the artifact folder, atomically, with its typed ``Manifest``
+
+A stage that fails raises its own ``EdgecError`` class (so its exit code),
+its message prefixed ``build <target>: stage '<name>' failed: ``.
+
+``BuildRequest.replay`` (``edgec build --from-manifest``) rebuilds an artifact
+from a manifest's recorded profile, recipe, seed, calibration size and
+``epochs_scale``, after checking that the model and data are the ones it records.
 """
 
 from __future__ import annotations
@@ -18,16 +33,57 @@ from typing import Any
 from edgec import __version__
 from edgec.agreement import REFERENCE_FILE, build_reference
 from edgec.artifact import library_versions, write_artifact
+from edgec.budgets import (
+    BudgetCheck,
+    BudgetReport,
+    Figure,
+    Measurements,
+    Source,
+    check_budgets,
+    fits,
+    flash_figure,
+)
 from edgec.convert import ConvertOptions, conversion_facts, convert
-from edgec.data import Dataset, load_dataset
-from edgec.errors import InputError, UnsupportedModelError, UsageError
+from edgec.data import DEMO, Dataset, load_dataset
+from edgec.errors import EdgecError, InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
+from edgec.files import sha256_bytes, sha256_path
 from edgec.loaders import LoadedModel, load_model
+from edgec.manifest import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    ArtifactEntry,
+    Baseline,
+    BudgetSection,
+    Calibration,
+    DataFacts,
+    Manifest,
+    MicroSection,
+    ModelFacts,
+    Replay,
+    SearchSection,
+    read_manifest,
+)
 from edgec.modelinfo import read_model
 from edgec.profiles import IODtype, Profile, Quantization, load_profile, with_quantization
 from edgec.schemes import scheme
 
 Log = Callable[[str], None]
+
+__all__ = [
+    "STAGES",
+    "BudgetCheck",
+    "BuildRequest",
+    "BuildResult",
+    "FloatBaseline",
+    "TargetContext",
+    "TargetResult",
+    "build",
+    "build_target",
+    "convert_options",
+    "demo",
+    "float_baseline",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,25 +106,19 @@ class BuildRequest:
     trust_model: bool = False
     executor: str = "local"  # where the search's candidates run: local | ray (edgec.executor)
     ray_address: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class BudgetCheck:
-    name: str
-    limit: float
-    value: float
-    ok: bool
-    estimate: bool = False
-    detail: str = ""  # for a failed check: the numbers and the biggest contributors
+    replay: Path | None = None  # a manifest.json: rebuild exactly what it records
+    # Set from a replayed manifest: the recipe that ran (before the search's steps).
+    recipe_steps: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(kw_only=True)
 class TargetResult:
     target: str
     directory: Path | None
-    manifest: dict[str, Any]
+    manifest: Manifest
     ok: bool
     message: str = ""
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(kw_only=True)
@@ -93,15 +143,14 @@ class BuildResult:
             }
         ]
         for t in self.targets:
-            for a in t.manifest.get("artifacts", []):
-                m = a["metrics"]
+            for a in t.manifest.artifacts:
                 rows.append(
                     {
                         "target": t.target,
-                        "file": a["file"],
-                        "bytes": a["bytes"],
-                        "accuracy": m.get("accuracy"),
-                        "drop": m.get("accuracy_drop"),
+                        "file": a.file,
+                        "bytes": a.bytes,
+                        "accuracy": a.metrics.accuracy,
+                        "drop": a.metrics.accuracy_drop,
                         "ok": t.ok,
                     }
                 )
@@ -118,21 +167,46 @@ class BuildResult:
                     "directory": str(t.directory) if t.directory else None,
                     "ok": t.ok,
                     "message": t.message,
-                    "artifacts": t.manifest.get("artifacts", []),
+                    "artifacts": [a.to_dict() for a in t.manifest.artifacts],
                 }
                 for t in self.targets
             ],
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class FloatBaseline:
+    """The float32 conversion of the input, measured once and shared by every target."""
+
+    content: bytes
+    evaluation: Evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**size_facts(self.content), **self.evaluation.metrics}
+
+
+def float_baseline(model: LoadedModel, data: Dataset) -> FloatBaseline:
+    content = convert(model.convert_source, ConvertOptions(quantization=Quantization.FLOAT32))
+    return FloatBaseline(content=content, evaluation=evaluate(content, data))
+
+
 def build(req: BuildRequest, log: Log = print) -> BuildResult:
-    # Every profile checked before any work.
-    profiles = [target_profile(load_profile(t), req) for t in req.targets]
+    replayed: Manifest | None = None
+    if req.replay is not None:
+        replayed = read_manifest(_manifest_folder(req.replay))
+        req, profiles = _replay_request(req, replayed)
+    else:
+        # Every profile checked before any work.
+        profiles = [target_profile(load_profile(t), req) for t in req.targets]
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
     if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
         raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
+    for profile in profiles:  # and every recipe, so a bad one fails before anything is written
+        _recipe(req, profile)
     model = load_model(req.model, trust=req.trust_model)
+    if replayed is not None:
+        _check_replay_inputs(req, replayed, model)
     for note in model.notes:
         log(f"note: {note}")
     data = load_dataset(req.data, model.input_shape, seed=req.seed)
@@ -143,14 +217,13 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         )
     log(f"model {model.name}: {model.loader}; data: {data.source}")
 
-    float_content = convert(model.convert_source, ConvertOptions(quantization=Quantization.FLOAT32))
-    base = evaluate(float_content, data)
-    baseline = {**size_facts(float_content), **base.metrics, "file": None}
+    base = float_baseline(model, data)
+    baseline = {**base.to_dict(), "file": None}
     log(f"baseline float32: {baseline['bytes']:,} bytes, accuracy {_pct(baseline.get('accuracy'))}")
 
     result = BuildResult(model=model.name, baseline=baseline)
     for profile in profiles:
-        result.targets.append(_build_target(req, profile, model, data, float_content, base, log))
+        result.targets.append(build_target(req, profile, model, data, base, log=log))
     if any(t.directory is not None for t in result.targets):
         from edgec.report import render_build_summary
 
@@ -185,6 +258,55 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+# --------------------------------------------------------------------------- replay
+def _manifest_folder(path: Path) -> Path:
+    path = Path(path)
+    return path.parent if path.name.endswith(".json") else path
+
+
+def _replay_request(req: BuildRequest, m: Manifest) -> tuple[BuildRequest, list[Profile]]:
+    """The request and profile a manifest records; the model and data stay the caller's."""
+    r = m.replay
+    profile = m.profile()
+    replayed = dataclasses.replace(
+        req,
+        targets=(profile.name,),
+        quantization=None,  # the recorded profile already has the scheme that was used
+        recipe=None,
+        overrides=(),
+        recipe_steps=tuple(r.recipe),
+        search=r.search,
+        max_accuracy_drop=r.max_accuracy_drop,
+        calibration_size=r.calibration_size,
+        seed=r.seed,
+        epochs_scale=r.epochs_scale,
+        data=req.data if req.data is not None else r.data,
+    )
+    return replayed, [profile]
+
+
+def _check_replay_inputs(req: BuildRequest, m: Manifest, model: LoadedModel) -> None:
+    where = f"--from-manifest {req.replay}"
+    if model.sha256 != m.replay.model_sha256:
+        raise InputError(
+            f"{where}: model {model.path} has sha256 {model.sha256[:12]}..., the manifest "
+            f"records {m.replay.model_sha256[:12]}...; give the model it was built from"
+        )
+    digest = _data_sha256(req.data)
+    if digest != m.replay.data_sha256 or (digest is None and req.data != m.replay.data):
+        raise InputError(
+            f"{where}: data {req.data!r} is not the data the manifest records "
+            f"({m.replay.data!r}, sha256 {m.replay.data_sha256 or 'n/a'}); give that file"
+        )
+
+
+def _data_sha256(spec: str | None) -> str | None:
+    if spec is None or str(spec) == DEMO or not Path(spec).exists():
+        return None
+    return sha256_path(Path(spec))
+
+
+# --------------------------------------------------------------------------- stages
 @dataclass(frozen=True, kw_only=True)
 class Compression:
     """What the middle of the pipeline hands the back end for one target."""
@@ -194,33 +316,304 @@ class Compression:
     passes: list[dict[str, Any]]
     search: dict[str, Any] | None = None
     search_met: bool = True
+    content: bytes | None = None  # the search's measured artifact, shipped as model.tflite
 
 
-def _compress(
+@dataclass(kw_only=True)
+class TargetContext:
+    """Everything the stages of one target share; each stage fills in its part."""
+
+    req: BuildRequest
+    profile: Profile
+    model: LoadedModel
+    data: Dataset
+    base: FloatBaseline
+    log: Log
+    write: bool = True
+    calibration: Any = None
+    base_recipe: list[dict[str, Any]] = field(default_factory=list)
+    compression: Compression | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    schemes: list[Quantization] = field(default_factory=list)
+    precision: list[dict[str, Any] | None] = field(default_factory=list)  # mixed-int4 plans
+    artifacts: list[ArtifactEntry] = field(default_factory=list)
+    choice: Any = None  # edgec.micro.Choice
+    micro: MicroSection | None = None
+    finish: Callable[[Path], None] | None = None
+    budgets: BudgetReport | None = None
+    checks: list[BudgetCheck] = field(default_factory=list)
+    result: TargetResult | None = None
+
+
+def _stage_compress(ctx: TargetContext) -> None:
+    ctx.calibration = ctx.data.calibration(ctx.req.calibration_size, ctx.req.seed)
+    ctx.compression = _compress(ctx)
+
+
+def _stage_convert(ctx: TargetContext) -> None:
+    c = ctx.compression
+    assert c is not None
+    ctx.schemes = [ctx.profile.quantization, *ctx.profile.variants]
+    for i, quantization in enumerate(ctx.schemes):
+        name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
+        extra, precision = _precision(ctx, quantization, c.source)
+        ctx.precision.append(precision)
+        searched = i == 0 and c.content is not None and not extra
+        if searched and ctx.profile.is_micro:
+            # The bytes the search measured, through the TFLM fit as they are.
+            assert c.content is not None
+            ctx.choice = _micro_choice(c.source, ctx, candidates={"searched": c.content})
+            content = ctx.choice.content
+        elif searched:
+            assert c.content is not None
+            content = c.content  # what the search measured: no second conversion
+        elif i == 0 and ctx.profile.is_micro:
+            ctx.choice = _micro_choice(c.source, ctx, **extra)
+            content = ctx.choice.content
+        else:
+            options = convert_options(ctx.profile, quantization, **extra)
+            content = convert(c.source, options, ctx.calibration)
+        ctx.files[name] = content
+
+
+def _stage_evaluate(ctx: TargetContext) -> None:
+    base = ctx.base.evaluation
+    items = zip(ctx.files.items(), ctx.schemes, ctx.precision, strict=True)
+    for (name, content), quantization, precision in items:
+        ev = evaluate(content, ctx.data, reference=base.outputs, threads=ctx.profile.threads)
+        entry = _artifact_entry(
+            name, quantization, content, ev, base.metrics.get("accuracy"), precision
+        )
+        ctx.artifacts.append(entry)
+        m = entry.metrics
+        ctx.log(
+            f"[{ctx.profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.accuracy)}, "
+            f"agreement {_pct(m.top1_agreement)}"
+        )
+        conversion = entry.extra["conversion"]
+        fallback = conversion["float_fallback_ops"]
+        if fallback:
+            ctx.log(
+                f"[{ctx.profile.name}] {name}: float fall-back ops kept (no int8 kernel): "
+                + ", ".join(f"{r['op']} x{r['count']}" for r in fallback)
+                + f"; {100 * conversion['float_fallback_compute_share']:.2f}% "
+                "of the compute (estimate)"
+            )
+
+
+def _stage_fit(ctx: TargetContext) -> None:
+    if ctx.choice is None:
+        return
+    report = ctx.choice.report
+    ctx.log(f"[{ctx.profile.name}] TFLM: {report.summary_line()}")
+    if not report.agreement.ok:
+        from edgec.errors import ConversionError
+
+        raise ConversionError(
+            f"{ctx.profile.name}: TFLM's outputs disagree with LiteRT's on the same artifact "
+            f"({report.agreement.to_dict()}); the artifact would not behave as measured"
+        )
+    ctx.micro = MicroSection.from_dict(
+        {**report.to_dict(), "choice": ctx.choice.to_dict()}, "micro"
+    )
+    content = ctx.choice.content
+
+    def finish(tmp: Path) -> None:
+        from edgec.firmware import FIRMWARE_DIR, write_firmware
+
+        write_firmware(tmp / FIRMWARE_DIR, content, report)
+
+    ctx.finish = finish
+
+
+def _stage_budgets(ctx: TargetContext) -> None:
+    primary = ctx.artifacts[0]
+    ctx.budgets = check_budgets(
+        ctx.profile.budgets,
+        measurements(primary, ctx.choice.report if ctx.choice is not None else None),
+        max_accuracy_drop=ctx.req.max_accuracy_drop,
+    )
+    ctx.checks = list(ctx.budgets.checks)
+    c = ctx.compression
+    assert c is not None
+    if c.search is not None:
+        ctx.checks.append(
+            BudgetCheck(
+                name="search",
+                limit=c.search["max_accuracy_drop"],
+                value=primary.metrics.accuracy_drop or 0.0,
+                ok=c.search_met,
+                detail=""
+                if c.search_met
+                else "no search candidate met the accuracy bound and the budgets "
+                f"(kept the best: {c.search['chosen']})",
+            )
+        )
+
+
+def _stage_write(ctx: TargetContext) -> None:
+    req, profile, c = ctx.req, ctx.profile, ctx.compression
+    assert c is not None and ctx.budgets is not None
+    checks = ctx.checks
+    ok = all(x.ok for x in checks)
+    # The search keeps its best artifact even when nothing met the bound (and says so).
+    keep = req.keep_failed or all(x.name == "search" for x in checks if not x.ok)
+    reference = None
+    if ctx.write:
+        # The host's outputs on fixed seeded inputs, so `edgec bench --check-outputs`
+        # catches a device (or a model changed since the build) that computes otherwise.
+        data, reference = build_reference(
+            ctx.files["model.tflite"], micro=profile.is_micro, threads=profile.threads or 1
+        )
+        ctx.files[REFERENCE_FILE] = data
+    manifest = Manifest(
+        schema=SCHEMA,
+        schema_version=SCHEMA_VERSION,
+        edgec_version=__version__,
+        model=ModelFacts.from_dict(ctx.model.describe(), "model"),
+        data=DataFacts.from_dict({**ctx.data.describe(), "sha256": _data_sha256(req.data)}, "data"),
+        target=profile.to_dict(),
+        recipe=c.recipe,
+        passes=c.passes,
+        baseline=Baseline.from_dict(ctx.base.to_dict()),
+        artifacts=tuple(ctx.artifacts),
+        budgets=BudgetSection(
+            checks=tuple(checks),
+            ok=ok,
+            kept_despite_failure=not ok and keep,
+            notes=list(ctx.budgets.notes),
+        ),
+        calibration=Calibration(
+            size=len(ctx.calibration), synthetic=ctx.data.synthetic, source=ctx.data.source
+        ),
+        replay=Replay(
+            seed=req.seed,
+            calibration_size=req.calibration_size,
+            epochs_scale=req.epochs_scale,
+            model_sha256=ctx.model.sha256,
+            data_sha256=_data_sha256(req.data),
+            data=None if req.data is None else str(req.data),
+            recipe=ctx.base_recipe,
+            search=c.search is not None,
+            max_accuracy_drop=req.max_accuracy_drop,
+        ),
+        versions=library_versions(),
+        micro=ctx.micro,
+        search=None if c.search is None else SearchSection.from_dict(c.search, "search"),
+        reference_outputs=reference,
+    )
+    failed = [x for x in checks if not x.ok]
+    message = "; ".join(x.message() for x in failed)
+    directory = req.out / ctx.model.name / profile.name
+    if not ctx.write or (failed and not keep):
+        if ctx.write:
+            ctx.log(
+                f"[{profile.name}] FAILED budgets: {message}; no artifact written "
+                "(--keep-failed keeps it)"
+            )
+        ctx.result = TargetResult(
+            target=profile.name,
+            directory=None,
+            manifest=manifest,
+            ok=ok,
+            message=message,
+            files=ctx.files,
+        )
+        return
+    write_artifact(directory, ctx.files, manifest, finish=_with_reports(ctx.finish))
+    status = "ok" if ok else f"FAILED budgets (kept): {message}"
+    ctx.log(f"[{profile.name}] {status} -> {directory}")
+    ctx.result = TargetResult(
+        target=profile.name,
+        directory=directory,
+        manifest=manifest,
+        ok=ok,
+        message=message,
+        files=ctx.files,
+    )
+
+
+Stage = tuple[str, Callable[[TargetContext], None]]
+
+STAGES: tuple[Stage, ...] = (
+    ("compress", _stage_compress),
+    ("convert", _stage_convert),
+    ("evaluate", _stage_evaluate),
+    ("fit", _stage_fit),
+    ("budgets", _stage_budgets),
+    ("write", _stage_write),
+)
+
+
+def build_target(
     req: BuildRequest,
     profile: Profile,
     model: LoadedModel,
     data: Dataset,
-    base: Evaluation,
-    calibration: Any,
-    log: Log,
-) -> Compression:
+    base: FloatBaseline | None = None,
+    *,
+    log: Log = print,
+    write: bool = True,
+) -> TargetResult:
+    """Run ``STAGES`` for one target; ``write=False`` keeps the files in memory only."""
+    ctx = TargetContext(
+        req=req,
+        profile=profile,
+        model=model,
+        data=data,
+        base=base if base is not None else float_baseline(model, data),
+        log=log,
+        write=write,
+    )
+    log(f"[{profile.name}] {profile.description}")
+    for name, stage in STAGES:
+        try:
+            stage(ctx)
+        except EdgecError as exc:
+            prefix = f"build {profile.name}: stage {name!r} failed: "
+            wrapped = type(exc).__new__(type(exc))
+            EdgecError.__init__(wrapped, prefix + str(exc))
+            raise wrapped from exc
+    assert ctx.result is not None
+    return ctx.result
+
+
+# --------------------------------------------------------------------------- compress
+def _recipe(req: BuildRequest, profile: Profile) -> Any:
+    from edgec.recipe import Recipe, resolve_recipe, steps_from_tables
+
+    if req.recipe_steps is not None:
+        steps = steps_from_tables(list(req.recipe_steps), f"--from-manifest {req.replay}")
+        return Recipe(steps=steps, name="replayed", source=f"manifest {req.replay}")
+    return resolve_recipe(profile, req.recipe, req.overrides)
+
+
+def _compress(ctx: TargetContext) -> Compression:
     """Run the target's recipe, then the accuracy-aware search when asked."""
+    req, profile, model, data, log = ctx.req, ctx.profile, ctx.model, ctx.data, ctx.log
     search = req.search or req.max_accuracy_drop is not None
-    if req.recipe is None and not req.overrides and not profile.passes and not search:
-        return Compression(source=model.convert_source, recipe=[], passes=[])
+    plain = Compression(source=model.convert_source, recipe=[], passes=[])
+    if (
+        req.recipe is None
+        and not req.overrides
+        and req.recipe_steps is None
+        and not profile.passes
+        and not search
+    ):
+        return plain
     from edgec.recipe import resolve_recipe
 
-    recipe = resolve_recipe(profile, req.recipe, req.overrides)
-    from_profile = req.recipe is None and not req.overrides
+    recipe = _recipe(req, profile)
+    from_profile = req.recipe is None and not req.overrides and req.recipe_steps is None
     if from_profile and recipe.steps and not data.labeled:
         log(
             f"note: {profile.name}'s default recipe ({', '.join(s.id for s in recipe.steps)}) "
             "fine-tunes on labeled data; without --data it is not run"
         )
         recipe = resolve_recipe(None)
+    ctx.base_recipe = recipe.to_list()
     if not recipe.steps and not search:
-        return Compression(source=model.convert_source, recipe=[], passes=[])
+        return plain
     if model.keras is None:
         raise UnsupportedModelError(
             f"model {model.path}: compression passes need a Keras 3 model, but it was loaded as "
@@ -233,7 +626,7 @@ def _compress(
     keras.utils.set_random_seed(req.seed)
     clone = keras.models.clone_model(model.keras)
     clone.set_weights(model.keras.get_weights())
-    ctx = PassContext(
+    pctx = PassContext(
         data=data,
         profile=profile,
         seed=req.seed,
@@ -241,29 +634,44 @@ def _compress(
         log=log,
         trust_model=req.trust_model,
     )
-    compressed, records = PassManager(recipe.instantiate()).run(clone, ctx)
+    compressed, records = PassManager(recipe.instantiate()).run(clone, pctx)
     done = Compression(
         source=compressed, recipe=recipe.to_list(), passes=[r.to_dict() for r in records]
     )
     if not search:
         return done
-    return _search(req, profile, done, ctx, data, base, calibration, log)
+    return _search(ctx, done)
 
 
-def _search(
-    req: BuildRequest,
-    profile: Profile,
-    done: Compression,
-    ctx: Any,
-    data: Dataset,
-    base: Evaluation,
-    calibration: Any,
-    log: Log,
-) -> Compression:
+def measurements(entry: ArtifactEntry, micro_report: Any = None) -> Measurements:
+    """The figures of one artifact that its budgets judge (``micro_report``: its TFLM fit)."""
+    drop = entry.metrics.accuracy_drop
+    figures: dict[str, Figure] = {}
+    if micro_report is not None:
+        for c in micro_report.budget_checks():  # flash and RAM, as the fit report measured them
+            estimate = bool(c.get("estimate"))
+            if c["name"] == "flash_bytes":
+                source = Source.ESTIMATE if estimate else Source.ARTIFACT
+            else:  # the TFLM arena, run on the host: the target's runtime, not the target
+                source = Source.EMULATOR
+            figures[c["name"]] = Figure(
+                value=c["value"], source=source, estimate=estimate, detail=c.get("detail", "")
+            )
+    return Measurements(
+        model_bytes=Figure(value=entry.bytes, source=Source.ARTIFACT),
+        flash_bytes=figures.get("flash_bytes"),
+        ram_bytes=figures.get("ram_bytes"),
+        accuracy_drop=None if drop is None else Figure(value=drop, source=Source.HOST),
+    )
+
+
+def _search(ctx: TargetContext, done: Compression) -> Compression:
     from edgec.executor import open_executor
-    from edgec.search import run_search
+    from edgec.search import Measurement, run_search
 
-    if not data.labeled or base.metrics.get("accuracy") is None:
+    req, profile, data, base, log = ctx.req, ctx.profile, ctx.data, ctx.base, ctx.log
+    reference = base.evaluation.metrics.get("accuracy")
+    if not data.labeled or reference is None:
         raise InputError("the accuracy-aware search needs labeled data: give --data")
     bound = _accuracy_bound(req, profile)
     # A per-layer scheme is measured at int8 here; its layers are chosen on the result.
@@ -271,17 +679,33 @@ def _search(
     options = convert_options(
         profile, profile.quantization, **({"int4_layers": ()} if per_layer else {})
     )
-    limit = profile.budgets.model_bytes or profile.budgets.flash_bytes
+
+    def fits_budgets(m: Measurement) -> bool:
+        # Flash of a microcontroller is the model plus TFLM's code for the ops it uses.
+        flash = None
+        if profile.is_micro and m.content is not None:
+            from edgec.micro import runtime_code
+
+            ops = read_model(m.content, "search candidate").op_counts
+            code, estimated, _ = runtime_code(ops, profile)
+            flash = flash_figure(
+                model_bytes=m.bytes, runtime_code_bytes=code, runtime_code_estimated=estimated
+            )
+        sizes = Measurements(
+            model_bytes=Figure(value=m.bytes, source=Source.ARTIFACT), flash_bytes=flash
+        )
+        return fits(profile.budgets, sizes)
+
     with open_executor(req.executor, req.ray_address) as executor:
         result = run_search(
             done.source,
             data,
             options=options,
-            calibration=calibration,
+            calibration=ctx.calibration,
             max_accuracy_drop=bound,
-            reference_accuracy=base.metrics["accuracy"],
+            reference_accuracy=reference,
             profile=profile,
-            fits_budgets=None if limit is None else (lambda m: m.bytes <= limit),
+            fits_budgets=fits_budgets,
             seed=req.seed,
             epochs_scale=req.epochs_scale,
             threads=profile.threads,
@@ -297,13 +721,46 @@ def _search(
             else f": NO candidate met the accuracy bound {bound} and the budgets; kept the best found"
         )
     )
+    content = result.content
     return Compression(
         source=result.model,
         recipe=done.recipe + [s.resolved() for s in chosen.steps],
         passes=done.passes + list(chosen.records),
-        search=result.to_dict(),
+        search={**result.to_dict(), "chosen_sha256": sha256_bytes(content)},
         search_met=result.met,
+        content=content,
     )
+
+
+def _precision(
+    ctx: TargetContext, quantization: Quantization, source: Any
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ConvertOptions extras for a scheme chosen per layer (mixed-int4), and the plan's record."""
+    if not scheme(quantization).per_layer_int4:
+        return {}, None
+    from edgec.precision import choose_int4_layers
+
+    profile = ctx.profile
+    flat = (
+        source
+        if isinstance(source, bytes)
+        else convert(source, ConvertOptions(quantization=Quantization.FLOAT32))
+    )
+    plan = choose_int4_layers(
+        flat,
+        convert_options(profile, quantization, int4_layers=()),
+        ctx.calibration,
+        ctx.data,
+        reference_accuracy=ctx.base.evaluation.metrics.get("accuracy"),
+        max_accuracy_drop=_accuracy_bound(ctx.req, profile),
+        threads=profile.threads,
+    )
+    ctx.log(
+        f"[{profile.name}] {quantization}: int4 weights on {len(plan.int4_layers)} of "
+        f"{len(plan.layers)} conv/dense layers (accuracy {_pct(plan.accuracy)}, "
+        f"all-int8 {_pct(plan.int8_accuracy)})"
+    )
+    return {"int4_layers": plan.int4_layers}, plan.to_dict()
 
 
 def convert_options(profile: Profile, quantization: Quantization, **extra: Any) -> ConvertOptions:
@@ -317,43 +774,6 @@ def convert_options(profile: Profile, quantization: Quantization, **extra: Any) 
     )
 
 
-def _precision(
-    req: BuildRequest,
-    profile: Profile,
-    quantization: Quantization,
-    source: Any,
-    data: Dataset,
-    calibration: Any,
-    base: Evaluation,
-    log: Log,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """ConvertOptions extras for a scheme chosen per layer (mixed-int4), and the plan's record."""
-    if not scheme(quantization).per_layer_int4:
-        return {}, None
-    from edgec.precision import choose_int4_layers
-
-    flat = (
-        source
-        if isinstance(source, bytes)
-        else convert(source, ConvertOptions(quantization=Quantization.FLOAT32))
-    )
-    plan = choose_int4_layers(
-        flat,
-        convert_options(profile, quantization, int4_layers=()),
-        calibration,
-        data,
-        reference_accuracy=base.metrics.get("accuracy"),
-        max_accuracy_drop=_accuracy_bound(req, profile),
-        threads=profile.threads,
-    )
-    log(
-        f"[{profile.name}] {quantization}: int4 weights on {len(plan.int4_layers)} of "
-        f"{len(plan.layers)} conv/dense layers (accuracy {_pct(plan.accuracy)}, "
-        f"all-int8 {_pct(plan.int8_accuracy)})"
-    )
-    return {"int4_layers": plan.int4_layers}, plan.to_dict()
-
-
 def _artifact_entry(
     file: str,
     quantization: Quantization,
@@ -361,248 +781,48 @@ def _artifact_entry(
     ev: Evaluation,
     baseline_accuracy: float | None,
     precision: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ArtifactEntry:
     info = read_model(content, file)
     metrics = dict(ev.metrics)
     if "accuracy" in metrics and baseline_accuracy is not None:
         metrics["accuracy_drop"] = round(baseline_accuracy - metrics["accuracy"], 6)
-    return {
-        "file": file,
-        "quantization": str(quantization),
-        **size_facts(content),
-        "inputs": [t.to_dict() for t in info.input_tensors],
-        "outputs": [t.to_dict() for t in info.output_tensors],
-        "ops": info.op_counts,
-        "param_count": info.param_count,
-        "macs": info.macs(),
-        "conversion": {**conversion_facts(content), "precision": precision},
-        "metrics": metrics,
-    }
-
-
-def _budget_checks(
-    profile: Profile, primary: dict[str, Any], req: BuildRequest
-) -> list[BudgetCheck]:
-    b = profile.budgets
-    checks = []
-    if b.model_bytes is not None:
-        checks.append(
-            BudgetCheck(
-                name="model_bytes",
-                limit=b.model_bytes,
-                value=primary["bytes"],
-                ok=primary["bytes"] <= b.model_bytes,
-            )
-        )
-    bound = req.max_accuracy_drop if req.max_accuracy_drop is not None else b.max_accuracy_drop
-    drop = primary["metrics"].get("accuracy_drop")
-    if bound is not None and drop is not None:
-        checks.append(
-            BudgetCheck(name="max_accuracy_drop", limit=bound, value=drop, ok=drop <= bound + 1e-9)
-        )
-    return checks
-
-
-def _build_target(
-    req: BuildRequest,
-    profile: Profile,
-    model: LoadedModel,
-    data: Dataset,
-    float_content: bytes,
-    base: Evaluation,
-    log: Log,
-) -> TargetResult:
-    log(f"[{profile.name}] {profile.description}")
-    calibration = data.calibration(req.calibration_size, req.seed)
-    compression = _compress(req, profile, model, data, base, calibration, log)
-    source = compression.source
-    files: dict[str, bytes] = {}
-    artifacts: list[dict[str, Any]] = []
-    schemes = (profile.quantization, *profile.variants)
-    choice = None
-    for i, quantization in enumerate(schemes):
-        extra, precision = _precision(
-            req, profile, quantization, source, data, calibration, base, log
-        )
-        if i == 0 and profile.is_micro:
-            choice = _micro_choice(
-                source,
-                profile,
-                data,
-                calibration,
-                base,
-                log,
-                firmware_elf=req.firmware_elf,
-                **extra,
-            )
-            content = choice.content
-        else:
-            content = convert(source, convert_options(profile, quantization, **extra), calibration)
-        name = "model.tflite" if i == 0 else f"model.{quantization}.tflite"
-        ev = evaluate(content, data, reference=base.outputs, threads=profile.threads)
-        files[name] = content
-        artifacts.append(
-            _artifact_entry(
-                name, quantization, content, ev, base.metrics.get("accuracy"), precision
-            )
-        )
-        m = artifacts[-1]["metrics"]
-        log(
-            f"[{profile.name}] {name}: {len(content):,} bytes, accuracy {_pct(m.get('accuracy'))}, "
-            f"agreement {_pct(m.get('top1_agreement'))}"
-        )
-        fallback = artifacts[-1]["conversion"]["float_fallback_ops"]
-        if fallback:
-            log(
-                f"[{profile.name}] {name}: float fall-back ops kept (no int8 kernel): "
-                + ", ".join(f"{r['op']} x{r['count']}" for r in fallback)
-                + f"; {100 * artifacts[-1]['conversion']['float_fallback_compute_share']:.2f}% "
-                "of the compute (estimate)"
-            )
-
-    # The host's outputs on fixed seeded inputs, so `edgec bench --check-outputs`
-    # catches a device (or a model changed since the build) that computes otherwise.
-    reference, reference_entry = build_reference(
-        files["model.tflite"], micro=profile.is_micro, threads=profile.threads or 1
-    )
-    files[REFERENCE_FILE] = reference
-    checks = _budget_checks(profile, artifacts[0], req)
-    micro: dict[str, Any] | None = None
-    finish = None
-    if choice is not None:
-        micro, micro_checks, finish = _micro(profile, choice, log)
-        checks += micro_checks
-    if compression.search is not None:
-        checks.append(
-            BudgetCheck(
-                name="search",
-                limit=compression.search["max_accuracy_drop"],
-                value=artifacts[0]["metrics"].get("accuracy_drop", 0.0),
-                ok=compression.search_met,
-                detail=""
-                if compression.search_met
-                else "no search candidate met the accuracy bound and the budgets "
-                f"(kept the best: {compression.search['chosen']})",
-            )
-        )
-    ok = all(c.ok for c in checks)
-    # The search keeps its best artifact even when nothing met the bound (and says so).
-    keep = req.keep_failed or all(c.name == "search" for c in checks if not c.ok)
-    manifest = {
-        "edgec_version": __version__,
-        "model": model.describe(),
-        "data": data.describe(),
-        "target": profile.to_dict(),
-        "recipe": compression.recipe,
-        "passes": compression.passes,
-        "baseline": {**size_facts(float_content), **base.metrics},
-        "artifacts": artifacts,
-        "budgets": {
-            "checks": [dataclasses.asdict(c) for c in checks],
-            "ok": ok,
-            "kept_despite_failure": not ok and keep,
+    return ArtifactEntry.from_dict(
+        {
+            "file": file,
+            "quantization": str(quantization),
+            **size_facts(content),
+            "inputs": [t.to_dict() for t in info.input_tensors],
+            "outputs": [t.to_dict() for t in info.output_tensors],
+            "ops": info.op_counts,
+            "param_count": info.param_count,
+            "macs": info.macs(),
+            "conversion": {**conversion_facts(content), "precision": precision},
+            "metrics": metrics,
         },
-        "calibration": {
-            "size": len(calibration),
-            "synthetic": data.synthetic,
-            "source": data.source,
-        },
-        "versions": library_versions(),
-    }
-    manifest["reference_outputs"] = reference_entry
-    if micro is not None:
-        manifest["micro"] = micro
-    if compression.search is not None:
-        manifest["search"] = compression.search
-    failed = [c for c in checks if not c.ok]
-    message = "; ".join(
-        c.detail
-        or f"{c.name} {_fmt(c.name, c.value)} exceeds {_fmt(c.name, c.limit)}"
-        + (" (estimate)" if c.estimate else "")
-        for c in failed
+        f"artifacts[{file}]",
     )
-    directory = req.out / model.name / profile.name
-    if failed and not keep:
-        log(
-            f"[{profile.name}] FAILED budgets: {message}; no artifact written (--keep-failed keeps it)"
-        )
-        return TargetResult(
-            target=profile.name, directory=None, manifest=manifest, ok=False, message=message
-        )
-    write_artifact(directory, files, manifest, finish=_with_reports(finish))
-    status = "ok" if ok else f"FAILED budgets (kept): {message}"
-    log(f"[{profile.name}] {status} -> {directory}")
-    return TargetResult(
-        target=profile.name, directory=directory, manifest=manifest, ok=ok, message=message
-    )
-
-
-def _fmt(name: str, value: float) -> str:
-    if "bytes" in name:
-        return f"{int(value):,} B"
-    if "accuracy" in name:
-        return f"{100 * value:.2f} pt"
-    return f"{value:g}"
 
 
 def _micro_choice(
-    source: Any,
-    profile: Profile,
-    data: Dataset,
-    calibration: Any,
-    base: Evaluation,
-    log: Log,
-    *,
-    firmware_elf: Path | None = None,
-    **extra: Any,
+    source: Any, ctx: TargetContext, candidates: dict[str, bytes] | None = None, **extra: Any
 ) -> Any:
     """Convert every microcontroller candidate, run each in TFLM, keep the smallest that agrees."""
     from edgec import micro
 
+    profile, data = ctx.profile, ctx.data
     rows = min(len(data.x_val), 64)
-    candidates = micro.micro_candidates(source, profile, calibration, **extra)
+    if candidates is None:
+        candidates = micro.micro_candidates(source, profile, ctx.calibration, **extra)
     choice = micro.choose_smallest(
         candidates,
         profile,
         data.x_val[:rows],
-        reference_outputs=base.outputs[:rows],
-        firmware_elf=firmware_elf,
+        reference_outputs=ctx.base.evaluation.outputs[:rows],
+        firmware_elf=ctx.req.firmware_elf,
     )
     if len(candidates) > 1:
-        log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")
+        ctx.log(f"[{profile.name}] kept {choice.label} of {', '.join(candidates)}")
     return choice
-
-
-def _micro(
-    profile: Profile, choice: Any, log: Log
-) -> tuple[dict[str, Any], list[BudgetCheck], Callable[[Path], None]]:
-    report = choice.report
-    log(f"[{profile.name}] TFLM: {report.summary_line()}")
-    if not report.agreement.ok:
-        from edgec.errors import ConversionError
-
-        raise ConversionError(
-            f"{profile.name}: TFLM's outputs disagree with LiteRT's on the same artifact "
-            f"({report.agreement.to_dict()}); the artifact would not behave as measured"
-        )
-    checks = [
-        BudgetCheck(
-            name=c["name"],
-            limit=c["limit"],
-            value=c["value"],
-            ok=c["ok"],
-            estimate=c.get("estimate", False),
-            detail=c.get("detail", ""),
-        )
-        for c in report.budget_checks()
-    ]
-
-    def finish(tmp: Path) -> None:
-        from edgec.firmware import FIRMWARE_DIR, write_firmware
-
-        write_firmware(tmp / FIRMWARE_DIR, choice.content, report)
-
-    return {**report.to_dict(), "choice": choice.to_dict()}, checks, finish
 
 
 def _with_reports(finish: Callable[[Path], None] | None) -> Callable[[Path], None]:

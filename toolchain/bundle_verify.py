@@ -22,7 +22,6 @@ memory and never extracted.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -34,6 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgec.errors import InputError, VerifyError
+from edgec.files import sha256_bytes
+from edgec.manifest import ManifestError, parse_manifest
 from edgec.signing import SIG, SUMS, verify_signature
 
 RELEASE_JSON = "release.json"
@@ -43,8 +44,7 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
 _SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S(?:.*\S)?)")
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+sha256_hex = sha256_bytes  # the package's one sha256 helper (edgec.files)
 
 
 def format_sums(digests: Mapping[str, str]) -> bytes:
@@ -202,27 +202,19 @@ def check_manifests(files: Mapping[str, bytes], where: str) -> list[str]:
     for rel in sorted(r for r in files if PurePosixPath(r).name == MANIFEST):
         folder = PurePosixPath(rel).parent
         try:
-            manifest = json.loads(files[rel])
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VerifyError(f"{where}/{rel}: not valid JSON ({exc})") from exc
-        arts = manifest.get("artifacts") if isinstance(manifest, dict) else None
-        if not isinstance(arts, list):
-            raise VerifyError(f"{where}/{rel}: no 'artifacts' list; not an edgec manifest")
-        for a in arts:
-            name = a.get("file") if isinstance(a, dict) else None
-            if not isinstance(name, str):
-                raise VerifyError(f"{where}/{rel}: an artifacts[] entry has no 'file'")
-            target = (folder / name).as_posix()
+            manifest = parse_manifest(files[rel], f"{where}/{rel}")
+        except ManifestError as exc:  # verification's exit code, the reader's one line
+            raise VerifyError(str(exc)) from None
+        for a in manifest.artifacts:
+            target = (folder / a.file).as_posix()
             if target not in files:
                 raise VerifyError(f"{where}/{target}: named in {rel} but missing from the bundle")
             content = files[target]
-            if "sha256" not in a and "bytes" not in a:
-                raise VerifyError(f"{where}/{rel}: artifacts[] entry {name} has no sha256 or bytes")
-            if "bytes" in a and a["bytes"] != len(content):
+            if a.bytes != len(content):
                 raise VerifyError(
-                    f"{where}/{target}: {len(content)} bytes, but {rel} says {a['bytes']}"
+                    f"{where}/{target}: {len(content)} bytes, but {rel} says {a.bytes}"
                 )
-            if "sha256" in a and a["sha256"] != sha256_hex(content):
+            if a.sha256 != sha256_hex(content):
                 raise VerifyError(f"{where}/{target}: sha256 does not match {rel}")
         checked.append(rel)
     return checked

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from edgec import __version__
+from edgec.deploy import RUNTIMES
 from edgec.errors import EdgecError
 from edgec.schemes import Quantization
 from edgec.schemes import names as scheme_names
@@ -294,6 +295,13 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     help="Load a model that carries code (Lambda layers, custom objects), as Keras's "
     "safe_mode=False does; only for files you trust.",
 )
+@click.option(
+    "--from-manifest",
+    "replay",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rebuild the artifact a manifest.json records (its profile, recipe, seed, "
+    "calibration); MODEL and --data must be the files it records.",
+)
 @_JSON
 def build(
     model: Path | None,
@@ -310,10 +318,18 @@ def build(
     seed: int,
     firmware_elf: Path | None,
     trust_model: bool,
+    replay: Path | None,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a verified TFLite artifact per target (no MODEL: the demo)."""
     from edgec import build as build_mod
+    from edgec.errors import UsageError
+
+    if replay is not None and (model is None or targets or recipe or overrides or quantization):
+        raise UsageError(
+            "--from-manifest takes MODEL (and --data), and no --target, --recipe, --pass or "
+            "--quantization: the manifest records those"
+        )
 
     options = {
         "recipe": recipe,
@@ -326,6 +342,7 @@ def build(
         "quantization": None if quantization is None else Quantization(quantization),
         "firmware_elf": firmware_elf,
         "trust_model": trust_model,
+        "replay": replay,
     }
     with _json_errors(as_json):
         if model is None:
@@ -555,7 +572,7 @@ def deploy(
 )
 @click.option(
     "--runtime",
-    type=click.Choice(["auto", "litert", "tflite-runtime", "tflm"]),
+    type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
     help="Interpreter on the device; auto takes the first that loads and runs the model "

@@ -8,7 +8,6 @@ compression and quantization, not from two different executors.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgec.data import Dataset
+from edgec.files import sha256_bytes
 from edgec.runtime import TFLiteModel
 
 
@@ -35,7 +35,7 @@ def size_facts(content: bytes) -> dict[str, Any]:
     return {
         "bytes": len(content),
         "gzip_bytes": gzip_size(content),
-        "sha256": hashlib.sha256(content).hexdigest(),
+        "sha256": sha256_bytes(content),
     }
 
 

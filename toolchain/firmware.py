@@ -16,12 +16,11 @@ fails with the op and layer named, never with a guessed method name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgec.errors import ConversionError
+from edgec.files import write_atomic
 from edgec.modelinfo import ModelInfo, read_model
 
 if TYPE_CHECKING:
@@ -266,10 +265,5 @@ def write_firmware(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in texts.items():
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary source files
-        os.replace(tmp, out / name)
-        written.append(out / name)
+        written.append(write_atomic(out / name, text))
     return written

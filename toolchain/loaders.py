@@ -15,7 +15,6 @@ themselves run in Keras's safe mode.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import InputError, UntrustedModelError
+from edgec.files import sha256_bytes, sha256_path
 
 FORMATS = ".keras, .h5, a SavedModel directory, or a float .tflite"
 
@@ -54,19 +54,6 @@ class LoadedModel:
             "input_shape": list(self.input_shape),
             "output_shape": list(self.output_shape),
         }
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's sorted relative paths and contents."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(path: str | Path, *, trust: bool = False) -> LoadedModel:
@@ -556,7 +543,7 @@ def _tflite(path: Path) -> LoadedModel:
         path=path,
         format="tflite",
         loader="float .tflite (LiteRT quantizer)",
-        sha256=hashlib.sha256(content).hexdigest(),
+        sha256=sha256_bytes(content),
         keras=None,
         convert_source=content,
         **io_shapes,

@@ -79,6 +79,20 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "profile") -> Profile:
+        """A profile back from ``to_dict()`` (a manifest's ``target``), checked by the same schema."""
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ProfileError(f"{where}: not a profile (no 'name')")
+        raw: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in ("name", "source") or value is None:
+                continue
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if v is not None}
+            raw[key] = value
+        return _build(d["name"], raw, str(d.get("source") or where))
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
@@ -211,6 +225,14 @@ def _build(name: str, raw: dict[str, Any], source: str) -> Profile:
     passes = raw.get("passes", [])
     if not isinstance(passes, list) or not all(isinstance(p, dict) and "id" in p for p in passes):
         raise ProfileError(f"{source}: key 'passes' must be a list of tables with an 'id'")
+    # Pass ids and parameters are checked now, not when a build first runs the recipe.
+    from edgec.errors import RecipeError
+    from edgec.recipe import steps_from_tables
+
+    try:
+        steps_from_tables(passes, f"{source}: key 'passes'")
+    except RecipeError as exc:
+        raise ProfileError(str(exc)) from None
     runtime = enum("runtime", Runtime, raw["runtime"])
     if runtime is Runtime.TFLM and "micro" not in tables:
         tables["micro"] = Micro()

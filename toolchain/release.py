@@ -103,11 +103,10 @@ def _check_name(value: str, what: str) -> str:
 def _default_version(items: list[ArtifactData]) -> str:
     """The model's own version if its manifest has one, else its source hash (stable per model)."""
     for it in items:
-        model = it.manifest.get("model") or {}
-        for v in (model.get("version"), it.manifest.get("version")):
+        for v in (it.typed.model.extra.get("version"), it.manifest.get("version")):
             if isinstance(v, str) and v:
                 return v
-    sha = str((items[0].manifest.get("model") or {}).get("sha256") or "")
+    sha = items[0].typed.model.sha256
     if re.fullmatch(r"[0-9a-f]{12,}", sha):
         return f"0.0.0+{sha[:12]}"
     raise UsageError("no version in the manifests (model.version) or model sha256; give --version")
@@ -152,19 +151,10 @@ def release(
     """Package a build (``OUT/<model>`` or one target folder) as ``out/<name>-<version>.tar.gz``."""
     build = Path(build_dir)
     items = _artifacts(build)
-    failed = [
-        it.target
-        for it in items
-        if isinstance(it.manifest.get("budgets"), dict)
-        and it.manifest["budgets"].get("ok") is False
-    ]
+    failed = [it.target for it in items if not it.typed.budgets.ok]
     if failed and not allow_failed:
         first = next(it for it in items if it.target in failed)
-        checks = [
-            str(c.get("name"))
-            for c in first.manifest["budgets"].get("checks") or []
-            if isinstance(c, dict) and not c.get("ok")
-        ]
+        checks = [c.name for c in first.typed.budgets.checks if not c.ok]
         raise BudgetError(
             f"{first.path / MANIFEST}: budget checks failed ({', '.join(checks) or '?'})"
             f" for target{'s' * (len(failed) > 1)} {', '.join(failed)}; refusing to "

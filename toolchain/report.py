@@ -27,15 +27,15 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgec.artifact import MANIFEST, read_manifest
 from edgec.errors import InputError
+from edgec.files import write_atomic
+from edgec.manifest import MANIFEST, Manifest, read_manifest
 from edgec.results import BenchResult
 from edgec.schemes import stage_order
 
@@ -123,32 +123,29 @@ class ArtifactData:
     """What a report shows for one target folder."""
 
     path: Path
-    manifest: dict[str, Any]
+    typed: Manifest  # checked by edgec.manifest when it was read
     runs: tuple[BenchRun, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as its JSON object (the tables below read sections from it)."""
+        return self.typed.to_dict()
 
     @property
     def target(self) -> str:
-        t = self.manifest.get("target")
-        if isinstance(t, dict) and t.get("name"):
-            return str(t["name"])
-        return self.path.name
+        return self.typed.target_name or self.path.name
 
     @property
     def model_name(self) -> str:
-        m = self.manifest.get("model")
-        return (
-            str(m.get("name")) if isinstance(m, dict) and m.get("name") else self.path.parent.name
-        )
+        return self.typed.model.name or self.path.parent.name
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
-        arts = self.manifest.get("artifacts")
-        return [a for a in arts if isinstance(a, dict)] if isinstance(arts, list) else []
+        return [a.to_dict() for a in self.typed.artifacts]
 
     @property
     def baseline(self) -> dict[str, Any]:
-        b = self.manifest.get("baseline")
-        return b if isinstance(b, dict) else {}
+        return self.typed.baseline.to_dict()
 
 
 def read_json(path: Path, what: str = "JSON file") -> dict[str, Any]:
@@ -171,7 +168,7 @@ def load_artifact(artifact_dir: str | Path) -> ArtifactData:
     runs = []
     for f in sorted((path / RESULTS_DIR).glob("*.json")):
         runs.append(BenchRun.read(f, f"{RESULTS_DIR}/{f.name}"))
-    return ArtifactData(path=path, manifest=manifest, runs=tuple(runs))
+    return ArtifactData(path=path, typed=manifest, runs=tuple(runs))
 
 
 def target_dirs(build_dir: str | Path) -> list[Path]:
@@ -183,22 +180,6 @@ def target_dirs(build_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ writing
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_reports(artifact_dir: str | Path) -> list[Path]:
     """Write ``report.html`` and ``report.md`` into one target folder; returns their paths."""
     data = load_artifact(artifact_dir)
@@ -746,31 +727,27 @@ def _budget_table(items: list[ArtifactData]) -> Table:
     many = len(items) > 1
     rows = []
     for it in items:
-        b = it.manifest.get("budgets") or {}
-        for c in b.get("checks") or []:
-            if isinstance(c, dict):
-                rows.append(
-                    ([it.target] if many else [])
-                    + [
-                        fmt_num(c.get("name")),
-                        fmt_num(c.get("value")),
-                        fmt_num(c.get("limit")),
-                        "ok" if c.get("ok") else "FAILED",
-                    ]
-                )
+        for c in it.typed.budgets.checks:
+            measured = c.source or "–"
+            rows.append(
+                ([it.target] if many else [])
+                + [
+                    c.name,
+                    fmt_num(c.value),
+                    fmt_num(c.limit),
+                    measured + (" (estimate)" if c.estimate and c.source != "estimate" else ""),
+                    "ok" if c.ok else "FAILED",
+                ]
+            )
     notes = [
-        f"{it.target}: budgets {'ok' if (it.manifest.get('budgets') or {}).get('ok') else 'FAILED'}"
-        + (
-            " (kept despite failure)"
-            if (it.manifest.get("budgets") or {}).get("kept_despite_failure")
-            else ""
-        )
+        f"{it.target}: budgets {'ok' if it.typed.budgets.ok else 'FAILED'}"
+        + (" (kept despite failure)" if it.typed.budgets.kept_despite_failure else "")
+        + "".join(f"; {n}" for n in it.typed.budgets.notes)
         for it in items
-        if isinstance(it.manifest.get("budgets"), dict)
     ]
     return Table(
         title="Budgets",
-        header=(["target"] if many else []) + ["check", "value", "limit", "result"],
+        header=(["target"] if many else []) + ["check", "value", "limit", "measured by", "result"],
         rows=rows,
         note="; ".join(notes),
     )

@@ -8,6 +8,10 @@
    loopback against ``--device local``, 1 MB model, 100 runs, interleaved.
    Cold = a fresh remote work folder (upload included); warm = already deployed.
    Target: at most 2 s over local.
+   Also the cost of ``--runtime auto`` (each candidate loads and runs the
+   model once in a child process before the benchmark, so a runtime that
+   crashes is skipped) against ``--runtime litert``, local device, interleaved
+   (``runtime_auto_vs_named``): reported, no target.
 3. Fleet: ``edgec bench --group`` over 4 loopback sshd devices against a group
    of 1. Target: at most 1.5x. The loopback "devices" run on this machine's
    cores, beside the host: with few cores the device-side work (login shell,
@@ -386,6 +390,21 @@ def main() -> None:
                 f"ssh: overhead warm {overhead:.2f} s, cold {overhead_cold:.2f} s", file=sys.stderr
             )
 
+            # What --runtime auto's child load check costs, against naming the runtime.
+            auto_t, named_t = [], []
+            for _ in range(rounds):
+                auto_t.append(timed([*bench, "--device", "local", "--runtime", "auto"], env))
+                named_t.append(timed([*bench, "--device", "local", "--runtime", "litert"], env))
+            auto_cost = {
+                "rounds": rounds,
+                "auto_seconds": auto_t,
+                "litert_seconds": named_t,
+                "extra_seconds": statistics.median(auto_t) - statistics.median(named_t),
+                "ratio": statistics.median(auto_t) / statistics.median(named_t),
+                "measured_on": "host (local device)",
+            }
+            print(f"runtime auto: +{auto_cost['extra_seconds']:.2f} s", file=sys.stderr)
+
             # A fleet of 4 against 1, warm (deployed once before timing).
             devices = tmp / "fleet.toml"
             write_devices(
@@ -434,6 +453,7 @@ def main() -> None:
         },
         "harness_vs_litert_tool": fid,
         "ssh_vs_local": ssh,
+        "runtime_auto_vs_named": auto_cost,
         "fleet_4_vs_1": fleet,
         "fleet_4_vs_1_capped": capped,
         "ssh_command_seconds": per_cmd,

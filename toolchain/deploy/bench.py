@@ -45,9 +45,6 @@ from edgec.results import (
     normalize_arch,
 )
 
-# ``--runtime`` choices, spelled as their pip packages are; the harness names
-# the modules (tflite_runtime).
-RUNTIMES = ("auto", "litert", "tflite-runtime", "tflm")
 HARNESS_RUNTIME = {"tflite-runtime": "tflite_runtime"}
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgec import agreement
-from edgec.deploy.bench import RUNTIMES, Outcome, bench_one
+from edgec.deploy import RUNTIMES
+from edgec.deploy.bench import Outcome, bench_one
 from edgec.deploy.devices import resolve_device, resolve_group
 from edgec.deploy.options import Artifact, BenchOptions, Log, locate_artifact, quiet
 from edgec.deploy.publish import upload_bar

@@ -35,7 +35,6 @@ deploy removes; never a file at the final name with the wrong bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import secrets
@@ -47,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgec.deploy.devices import Device, DeviceKind
 from edgec.errors import DeviceError
+from edgec.files import sha256_file
 
 LineSink = Callable[[str], None]
 ProgressSink = Callable[[int, int], None]
@@ -80,7 +80,9 @@ class Transport(Protocol):
 
     label: str  # for messages: "local", "pi@10.0.0.5:22"
     # Set when the transport knows the device is an emulator ("qemu-aarch64"):
-    # its timings are an emulator's, never judged against a latency budget.
+    # its timings are an emulator's, never judged against a latency budget. Such
+    # a transport also sets $EDGEC_EMULATED (the same name) for the programs it
+    # runs, so the harness's own record says so too.
     emulated: str | None
 
     @classmethod
@@ -151,14 +153,6 @@ _OPENERS: dict[DeviceKind, Callable[[], type[Transport]]] = {
 def quote_command(argv: list[str]) -> str:
     """One POSIX shell command line in which every argument is quoted (never injected)."""
     return " ".join(shlex.quote(str(a)) for a in argv)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # The device-side helper. Kept to the standard library and to Python 3.8

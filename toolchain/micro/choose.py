@@ -127,7 +127,8 @@ def choose_smallest(
     for k in candidates:
         try:
             extra = {} if firmware_elf is None else {"firmware_elf": firmware_elf}
-            reports[k] = make(candidates[k], profile, x, where=k, trusted=trusted, **extra)
+            where = f"{profile.name} {profile.quantization} artifact ({k})"  # names the candidate
+            reports[k] = make(candidates[k], profile, x, where=where, trusted=trusted, **extra)
         except BudgetError as exc:  # over a lower bound: TFLM never ran it
             too_big[k] = exc
     if not reports:

@@ -298,7 +298,8 @@ class MicroReport:
                 "margin": self.arena_margin,
                 "recommended": self.arena_recommended,
                 "recommended_verified": self.arena_verified,
-                "measured_on": "host (64-bit) TFLM; persistent structs are smaller on 32-bit MCUs",
+                "measured_on": "host (64-bit) TFLM: an upper bound for a 32-bit core, whose "
+                "persistent structs hold 4-byte pointers",
             },
             "persistent": [a.to_dict() for a in self.persistent],
             "flash": {
