@@ -240,6 +240,7 @@ def test_unprepared_board_and_bad_specs(artifact, tmp_path):
         emulate.board_named("emulated:pi9")
 
 
+@pytest.mark.unit
 def test_apt_mirror_is_read_from_the_apt_config(tmp_path):
     etc = tmp_path / "apt"
     (etc / "sources.list.d").mkdir(parents=True)
