@@ -27,6 +27,7 @@ TIERS = {
     "test_recipe.py": "unit",
     "test_executor.py": "unit",
     "test_deploy.py": "device",
+    "test_emulate.py": "device",  # a Debian arm64 rootfs under qemu-user
     "test_firmware.py": "device",
     "test_report_browser.py": "device",
     "test_release.py": "device",  # signs with ssh-keygen and deploys over sshd

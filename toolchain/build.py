@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec import __version__
+from edgec.agreement import REFERENCE_FILE, build_reference
 from edgec.artifact import library_versions, write_artifact
 from edgec.budgets import (
     BudgetCheck,
@@ -459,6 +460,14 @@ def _stage_write(ctx: TargetContext) -> None:
     ok = all(x.ok for x in checks)
     # The search keeps its best artifact even when nothing met the bound (and says so).
     keep = req.keep_failed or all(x.name == "search" for x in checks if not x.ok)
+    reference = None
+    if ctx.write:
+        # The host's outputs on fixed seeded inputs, so `edgec bench --check-outputs`
+        # catches a device (or a model changed since the build) that computes otherwise.
+        data, reference = build_reference(
+            ctx.files["model.tflite"], micro=profile.is_micro, threads=profile.threads or 1
+        )
+        ctx.files[REFERENCE_FILE] = data
     manifest = Manifest(
         schema=SCHEMA,
         schema_version=SCHEMA_VERSION,
@@ -493,6 +502,7 @@ def _stage_write(ctx: TargetContext) -> None:
         versions=library_versions(),
         micro=ctx.micro,
         search=None if c.search is None else SearchSection.from_dict(c.search, "search"),
+        reference_outputs=reference,
     )
     failed = [x for x in checks if not x.ok]
     message = "; ".join(x.message() for x in failed)

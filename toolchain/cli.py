@@ -470,7 +470,8 @@ def _connect_options(accept_new_host_key: bool, connect_timeout: float) -> Any:
 
 
 _DEVICE_HELP = (
-    "'local', a name from the devices file, or [user@]host[:port] (~/.ssh/config aliases work)."
+    "'local', 'emulated:BOARD' (see `edgec device emulate`), a name from the devices file, "
+    "or [user@]host[:port] (~/.ssh/config aliases work)."
 )
 
 
@@ -582,6 +583,18 @@ def deploy(
     help="Devices benchmarked at once (--group).",
 )
 @click.option(
+    "--check-outputs/--no-check-outputs",
+    default=None,
+    help="Compare the outputs of fixed seeded inputs with the host reference; exit 7 "
+    "beyond the runtimes' tolerance [default: on for emulated devices].",
+)
+@click.option(
+    "--check-count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Inputs of the outputs check [default: the stored reference's, else 16].",
+)
+@click.option(
     "--runtime",
     type=click.Choice(RUNTIMES),
     default="auto",
@@ -617,6 +630,8 @@ def bench(
     inputs: Path | None,
     target: str | None,
     jobs: int,
+    check_outputs: bool | None,
+    check_count: int | None,
     runtime: str,
     allow_arch_mismatch: bool,
     devices_file: Path | None,
@@ -629,7 +644,9 @@ def bench(
 
     Deploys if needed, streams progress, stores results/bench-<device>.json, updates
     the report, and exits 5 when the profile's latency or RAM budget is exceeded
-    (6 when a device fails; with --group the other devices still run).
+    (6 when a device fails; with --group the other devices still run; 7 when the
+    outputs check finds outputs beyond the tolerance). --device emulated:BOARD runs
+    on a board prepared by `edgec device emulate`: outputs checked, latency not judged.
     """
     from edgec.deploy import fleet
     from edgec.deploy.options import BenchOptions
@@ -645,6 +662,8 @@ def bench(
         inputs=inputs,
         target=target,
         jobs=jobs,
+        check_outputs=check_outputs,
+        check_count=check_count,
         runtime=runtime,
         allow_arch_mismatch=allow_arch_mismatch,
         connect=_connect_options(accept_new_host_key, connect_timeout),
@@ -793,6 +812,48 @@ def device_setup(
     click.echo(f"{name}: ready: {facts.python}")
     for note in facts.notes:
         click.echo(f"{name}: note: {note}")
+
+
+@device.command("emulate")
+@click.argument("board")
+@click.option(
+    "--wheels",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Install numpy and ai-edge-litert from these aarch64 .whl files only (offline).",
+)
+@click.option(
+    "--mirror",
+    default=None,
+    help="Debian mirror URL for debootstrap [default: the one this machine's apt uses].",
+)
+@click.option("--rebuild", is_flag=True, help="Build the root file system again.")
+@_JSON
+def device_emulate(
+    board: str, wheels: Path | None, mirror: str | None, rebuild: bool, as_json: bool
+) -> None:
+    """Prepare BOARD (rpi4, rpi5, phone), emulated: a Debian arm64 root file system
+    run under qemu-user.
+
+    Once (about a minute, needs root and the Debian mirror; cached under
+    $XDG_CACHE_HOME/edgec/emulate), then `edgec bench ARTIFACT --device emulated:BOARD`
+    runs the harness under qemu-aarch64-static (-cpu cortex-a72 for rpi4,
+    cortex-a76 for rpi5 and phone), outputs checked, latency labelled as emulated.
+    """
+    from edgec.deploy.emulate import prepare
+
+    ready = prepare(board, wheels=wheels, mirror=mirror, rebuild=rebuild, log=_log)
+    if as_json:
+        emit_json(ready.to_dict())
+        return
+    pk = ready.rootfs.get("packages", {})
+    state = f"prepared in {ready.seconds:.0f} s" if ready.built else "already prepared"
+    click.echo(
+        f"emulated:{ready.board.name}: {state}: Debian {ready.rootfs.get('suite')} arm64, Python "
+        f"{ready.rootfs.get('python')}, numpy {pk.get('numpy')}, ai-edge-litert "
+        f"{pk.get('ai-edge-litert')} under qemu-aarch64-static -cpu {ready.board.cpu} "
+        f"({ready.folder})"
+    )
 
 
 @main.command("devices")

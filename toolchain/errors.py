@@ -15,7 +15,8 @@ Exit codes (also in the README):
 4     conversion failed, or an artifact is not what its profile asks
 5     a budget (size, RAM, latency, accuracy) was exceeded
 6     a device could not be reached or used (SSH, runtime, harness)
-7     verification failed: a checksum, signature or manifest mismatch
+7     verification failed: a checksum, signature or manifest mismatch, or device
+      outputs beyond the tolerance (bench --check-outputs)
 ====  ==========================================================
 """
 

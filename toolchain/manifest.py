@@ -360,6 +360,8 @@ class Manifest(Section):
     versions: dict[str, str]
     micro: MicroSection | None = field(default=None, metadata={"omit_none": True})
     search: SearchSection | None = field(default=None, metadata={"omit_none": True})
+    # The host's outputs on the fixed check inputs (edgec.agreement, reference-outputs.json).
+    reference_outputs: dict[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def target_name(self) -> str:

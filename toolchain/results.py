@@ -302,6 +302,8 @@ class BenchResult:
     platform: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     runtime_candidates: tuple[dict[str, Any], ...] = ()
+    # The device's outputs on fixed inputs against the host reference (edgec.agreement).
+    outputs_check: dict[str, Any] | None = None
     edgec_version: str | None = None
     created: str | None = None
     wall_seconds: float | None = None
@@ -331,6 +333,7 @@ class BenchResult:
             "platform": self.platform,
             "machine": self.machine,
             "runtime_candidates": list(self.runtime_candidates),
+            "outputs_check": self.outputs_check,
             "edgec_version": self.edgec_version,
             "created": self.created,
             "wall_seconds": self.wall_seconds,
@@ -387,6 +390,7 @@ class BenchResult:
             first_inference_ms=float(first) if first is not None else None,
             inputs=tuple(i for i in inputs if isinstance(i, dict)),
             runtime_candidates=tuple(c for c in cands if isinstance(c, dict)),
+            outputs_check=_get(d, "outputs_check", dict, where, optional=True),
             edgec_version=_get(d, "edgec_version", str, where, optional=True),
             created=_get(d, "created", str, where, optional=True),
             wall_seconds=float(wall) if wall is not None else None,

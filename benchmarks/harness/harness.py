@@ -25,6 +25,11 @@ What measured it: the ``machine`` section holds the device's arch (``uname
 (``$EDGEC_EMULATED``, set by an emulated board's transport, or a QEMU CPU or
 machine seen in /proc and /sys).
 
+Outputs check (``--check-outputs N``): after the benchmark, the model runs
+the fixed inputs ``random_inputs(specs, SEED + i)`` for i < N (``--check-seed``)
+and the document's ``outputs_check`` carries every raw output, so a host can
+compare them with its own run of the same inputs (``edgec bench --check-outputs``).
+
 Output: the JSON document on stdout (or ``--out FILE``); progress lines on
 stderr, each starting with ``edgec-harness:``, so a host can stream them.
 Exit codes: 0 ok, 2 bad arguments or inputs, 3 the model cannot be loaded or
@@ -630,6 +635,36 @@ def file_inputs(path: str, specs: list[dict[str, Any]]) -> list[Any]:
     return arrays
 
 
+def check_outputs(
+    runner: Runner, specs: list[dict[str, Any]], count: int, seed: int
+) -> dict[str, Any]:
+    """The raw outputs for the fixed, seeded check inputs: each output tensor stacked
+    over the samples, as base64 of its bytes (the host decodes and compares them)."""
+    import base64
+
+    import numpy as np
+
+    per_output: list[list[Any]] = []
+    for i in range(count):
+        runner.set_inputs(random_inputs(specs, seed + i))
+        runner.invoke()
+        for k, out in enumerate(runner.outputs()):
+            if k == len(per_output):
+                per_output.append([])
+            per_output[k].append(np.array(out))
+    outputs = []
+    for samples in per_output:
+        stacked = np.ascontiguousarray(np.stack(samples))
+        outputs.append(
+            {
+                "dtype": stacked.dtype.name,
+                "shape": list(stacked.shape),
+                "data": base64.b64encode(stacked.tobytes()).decode("ascii"),
+            }
+        )
+    return {"generator": "seeded", "seed": seed, "count": count, "outputs": outputs}
+
+
 # -------------------------------------------------------------- statistics
 def summarize(samples_ms: list[float]) -> dict[str, Any]:
     import numpy as np
@@ -704,6 +739,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--input", help="a .npy or .npz file of inputs (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--check-outputs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the benchmark, return the raw outputs of N fixed seeded inputs",
+    )
+    p.add_argument("--check-seed", type=int, default=0, help="seed of the first check input")
     p.add_argument("--arena-bytes", type=int, default=None, help="TFLM tensor arena size")
     p.add_argument(
         "--timeout",
@@ -716,8 +759,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.model is None and not args.check_runtimes:
         p.error("the model path is required (or --check-runtimes)")
-    if args.threads < 1 or args.runs < 1 or args.warmup_runs < 0:
-        p.error("--threads and --runs must be >= 1, --warmup-runs >= 0")
+    if args.threads < 1 or args.runs < 1 or args.warmup_runs < 0 or args.check_outputs < 0:
+        p.error("--threads and --runs must be >= 1, --warmup-runs and --check-outputs >= 0")
     return args
 
 
@@ -789,6 +832,11 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
         runner.set_inputs(arrays)
         runner.invoke()
         outputs = runner.outputs()
+        checked = (
+            check_outputs(runner, specs, args.check_outputs, args.check_seed)
+            if args.check_outputs
+            else None
+        )
     except (ValueError, RuntimeError) as exc:
         first = " ".join(str(exc).split())[:300]
         raise HarnessError(f"the {name} runtime failed running this model: {first}", 3) from exc
@@ -796,7 +844,7 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
     steady = summarize(samples)
     say(f"done: {steady['count']} runs, p50 {steady['p50_ms']:.3f} ms")
     peak, peak_source = peak_rss()
-    return {
+    doc: dict[str, Any] = {
         "schema": SCHEMA,
         "model": {
             "path": args.model,
@@ -839,6 +887,9 @@ def benchmark(args: argparse.Namespace, say: Any = log) -> dict[str, Any]:
         },
         "machine": machine_info(),
     }
+    if checked is not None:
+        doc["outputs_check"] = checked
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,10 @@ already on the device with the same sha256, verify and run in one command
 (probe and file states); one more command receives what differs, verifies and
 renames it, and runs the harness. The harness's JSON goes to the artifact's
 ``results/bench-<device>.json``, checked against the target profile's latency
-and RAM budgets. Few commands matter: each SSH command starts the device
+and RAM budgets. With an outputs check (``--check-outputs``, the default on
+emulated devices) the harness also returns the outputs of fixed seeded inputs,
+compared with the host reference (``edgec.agreement``); a difference beyond
+the runtimes' tolerance is stored and then fails the run (exit 7). Few commands matter: each SSH command starts the device
 user's login shell, which costs from milliseconds to half a second.
 
 Nothing is recorded as a success unless the harness exited 0 and printed a
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgec import __version__
+from edgec import __version__, agreement
 from edgec.budgets import Figure, Measurements, Source
 from edgec.budgets import check_budgets as judge
 from edgec.deploy.devices import Device
@@ -57,6 +60,11 @@ class Outcome:
     @property
     def budgets_ok(self) -> bool:
         return self.result is None or self.result.budgets.ok
+
+    @property
+    def outputs_ok(self) -> bool:
+        check = self.result.outputs_check if self.result is not None else None
+        return check is None or bool(check.get("ok"))
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable outcome: the result, or the failure and its exit code."""
@@ -190,9 +198,19 @@ def bench_one(
         if runtime == "auto" and micro:
             runtime = "tflm"
         uploads = planned_uploads(device, artifact, options.inputs)
-        args = harness_args(uploads, options, threads, runtime)
         transport = connect(device, options.connect)
         try:
+            checking = (
+                options.check_outputs
+                if options.check_outputs is not None
+                else transport.emulated is not None
+            )
+            stored, check = check_plan(artifact, options) if checking else (None, None)
+            if runtime == "auto" and transport.emulated:
+                # An emulated board's rootfs holds exactly one runtime (edgec.deploy.emulate):
+                # the auto probe would only cost one more emulated interpreter start.
+                runtime = "litert"
+            args = harness_args(uploads, options, threads, runtime, check)
             for notice in transport.notices():
                 log(notice)
             running = (
@@ -269,6 +287,16 @@ def bench_one(
             measured = _measured(doc, profile, transport, mismatch)
         finally:
             transport.close()
+        section = doc.pop("outputs_check", None)
+        outputs = (
+            check_outputs(
+                artifact, doc, section, stored, threads=threads, where=f"device {device.name}"
+            )
+            if check is not None
+            else None
+        )
+        if outputs is not None:
+            log(f"outputs {agreement.summary(outputs)}")
     except EdgecError as exc:
         msg = str(exc)
         named = f"device {device.name} " in msg or f"device {device.name}:" in msg
@@ -291,6 +319,7 @@ def bench_one(
                 "device": device.name,
                 "measured": measured.to_dict(),
                 "budgets": check_budgets(doc, profile, measured).to_dict(),
+                "outputs_check": outputs,
                 "edgec_version": __version__,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "wall_seconds": round(time.monotonic() - start, 3),
@@ -322,3 +351,49 @@ def bench_one(
         text = json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n"
         write_atomic(path, text.encode())
     return Outcome(device=device, result=result, path=path)
+
+
+def check_plan(
+    artifact: Artifact, options: BenchOptions
+) -> tuple[dict[str, Any] | None, tuple[int, int]]:
+    """The reference the build stored (if it fits the asked count) and the check inputs
+    (count, seed) the device must run: the stored reference's, else the defaults."""
+    stored = agreement.stored_reference(artifact.folder, artifact.manifest)
+    if stored is not None:
+        inputs = stored["outputs_check"]
+        if options.check_count in (None, inputs["count"]):
+            return stored, (int(inputs["count"]), int(inputs["seed"]))
+    count = options.check_count or agreement.DEFAULT_COUNT
+    return None, (count, agreement.DEFAULT_SEED)
+
+
+def check_outputs(
+    artifact: Artifact,
+    doc: dict[str, Any],
+    section: Any,
+    stored: dict[str, Any] | None,
+    *,
+    threads: int,
+    where: str,
+) -> dict[str, Any]:
+    """Compare the harness's ``outputs_check`` with the stored or a fresh host reference.
+
+    Only the comparison goes into the result, not the raw outputs.
+    """
+    from edgec.modelinfo import read_model
+
+    if not isinstance(section, dict):
+        raise DeviceError(f"{where}: the harness returned no outputs for the outputs check")
+    reference = stored or agreement.host_reference(
+        artifact.model,
+        runtime=agreement.reference_runtime(doc["runtime"]["name"]),
+        count=int(section.get("count", 0)),
+        seed=int(section.get("seed", 0)),
+        threads=threads,
+    )
+    content = artifact.model.read_bytes()
+    result = agreement.compare(
+        section, doc["runtime"], reference, read_model(content, str(artifact.model)), where=where
+    )
+    result["reference"]["model_changed_since"] = reference["model_sha256"] != doc["model"]["sha256"]
+    return result

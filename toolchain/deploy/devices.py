@@ -12,8 +12,9 @@ A devices file names the boards a team benchmarks on::
     workdir = ".edgec"         # optional: relative to the remote home
     groups = ["lab", "arm"]    # optional
 
-``--device`` takes ``local``, a name from that file, or ``[user@]host[:port]``
-(a host may be a ``~/.ssh/config`` alias). The file is ``--devices PATH``,
+``--device`` takes ``local``, ``emulated:BOARD`` (a board prepared by ``edgec
+device emulate``, see ``edgec.deploy.emulate``), a name from that file, or
+``[user@]host[:port]`` (a host may be a ``~/.ssh/config`` alias). The file is ``--devices PATH``,
 else ``$EDGEC_DEVICES``, else ``~/.config/edgec/devices.toml`` when present.
 """
 
@@ -31,11 +32,13 @@ from edgec.errors import UsageError
 
 ENV = "EDGEC_DEVICES"
 LOCAL = "local"
+EMULATED_PREFIX = "emulated:"
 
 
 class DeviceKind(StrEnum):
     LOCAL = "local"
     SSH = "ssh"
+    EMULATED = "emulated"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,11 +76,16 @@ class Device:
 _KEYS = {f.name for f in fields(Device)} - {"name", "kind"}
 
 
+def edgec_cache() -> Path:
+    """edgec's cache folder: ``$XDG_CACHE_HOME/edgec``, default ``~/.cache/edgec``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgec"
+
+
 def local_workdir() -> Path:
     """The local device's work folder: ``$XDG_CACHE_HOME/edgec/local`` (default
     ``~/.cache``), so ``--device local`` never writes into the working directory."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgec" / "local"
+    return edgec_cache() / "local"
 
 
 def local_device(python: str | None = None, workdir: str | None = None) -> Device:
@@ -86,6 +94,20 @@ def local_device(python: str | None = None, workdir: str | None = None) -> Devic
         kind=DeviceKind.LOCAL,
         python=python,
         workdir=workdir or str(local_workdir()),
+    )
+
+
+def emulated_device(spec: str) -> Device:
+    """``emulated:BOARD``: its python is the board's qemu wrapper (it may not be prepared yet)."""
+    from edgec.deploy.emulate import board_named, layout
+
+    board = board_named(spec)
+    return Device(
+        name=f"{EMULATED_PREFIX}{board.name}",
+        kind=DeviceKind.EMULATED,
+        profile=board.profile,
+        python=str(layout().wrapper(board)),
+        workdir=str(layout().work(board)),
     )
 
 
@@ -118,8 +140,10 @@ def load_devices(path: Path) -> dict[str, Device]:
     out: dict[str, Device] = {}
     for name, entry in table.items():
         where = f"{path}: devices.{name}"
-        if name == LOCAL:
-            raise UsageError(f"{where}: the name 'local' is reserved for this machine")
+        if name == LOCAL or name.startswith(EMULATED_PREFIX):
+            raise UsageError(
+                f"{where}: the names 'local' and 'emulated:*' are reserved for this machine"
+            )
         if not isinstance(entry, dict):
             raise UsageError(f"{where} must be a table")
         unknown = sorted(set(entry) - _KEYS)
@@ -176,9 +200,11 @@ def parse_spec(spec: str) -> Device:
 
 
 def resolve_device(spec: str, devices_file: Path | None = None) -> Device:
-    """``local``, a name in the devices file, or ``[user@]host[:port]``."""
+    """``local``, ``emulated:BOARD``, a name in the devices file, or ``[user@]host[:port]``."""
     if spec == LOCAL:
         return local_device()
+    if spec.startswith(EMULATED_PREFIX):
+        return emulated_device(spec)
     path = devices_file or default_devices_file()
     if path is not None:
         devices = load_devices(path)

@@ -3,7 +3,7 @@
 A group fans out with bounded concurrency (``--jobs``); one failing device
 does not stop the others. Progress lines are labelled per device; the results
 are compared in one table, and the exit says what went wrong first (a device
-failed: 6, a budget was exceeded: 5).
+failed: 6, outputs differ from the reference: 7, a budget was exceeded: 5).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edgec import agreement
 from edgec.deploy import RUNTIMES
 from edgec.deploy.bench import Outcome, bench_one
 from edgec.deploy.devices import resolve_device, resolve_group
@@ -37,12 +38,13 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
             "mean ms",
             "init ms",
             "peak RSS MB",
+            "outputs",
             "budgets",
         ]
     ]
     for o in outcomes:
         if o.result is None:
-            rows.append([o.device.name, "FAILED", *["-"] * 9, str(o.error)])
+            rows.append([o.device.name, "FAILED", *["-"] * 10, str(o.error)])
             continue
         r = o.result
         s, b, m = r.steady, r.budgets, r.measured
@@ -53,6 +55,11 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
             else "EXCEEDED: "
             + ", ".join(f"{c.name} {c.value:.4g} > {c.limit:.4g}" for c in b.checks if not c.ok)
         )
+        oc = r.outputs_check
+        otxt = "-"
+        if oc:
+            steps = f" {oc['max_steps']} step(s)" if oc.get("max_steps") is not None else ""
+            otxt = ("ok" if oc["ok"] else "MISMATCH") + steps
         where = (m.arch or "?") + (" host TFLM" if m.where == "host" else "")
         where += f" emulated ({m.emulated})" if m.emulated else ""
         where += f" MISMATCH (profile: {m.profile_arch})" if m.arch_mismatch else ""
@@ -69,6 +76,7 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
                 f"{s.mean_ms or 0:.3f}",
                 f"{r.init_ms or 0:.1f}",
                 f"{peak / 2**20:.1f}" if peak else "-",
+                otxt,
                 btxt if b.checks else "not judged" if b.notes else "-",
             ]
         )
@@ -147,7 +155,8 @@ def run_fleet(
 
 
 def verdict(outcomes: list[Outcome]) -> EdgecError | None:
-    """What the run as a whole failed of: a device (6) before a budget (5), or None."""
+    """What the run as a whole failed of: a device (6), then outputs beyond the
+    tolerance (7), then a budget (5); or None."""
     failed = [o for o in outcomes if not o.ok]
     if len(outcomes) == 1 and failed:
         return failed[0].error
@@ -158,6 +167,10 @@ def verdict(outcomes: list[Outcome]) -> EdgecError | None:
             f"{len(failed)} of {len(outcomes)} devices failed ({names}); results: {stored}; "
             f"first error: {failed[0].error}"
         )
+    mismatched = [o for o in outcomes if not o.outputs_ok]
+    if mismatched:
+        check = mismatched[0].result.outputs_check  # type: ignore[union-attr]
+        return agreement.mismatch_error(check, f"device {mismatched[0].device.name}")  # type: ignore[arg-type]
     over = [o for o in outcomes if not o.budgets_ok]
     if over:
         first = over[0].result.budgets  # type: ignore[union-attr]

@@ -44,6 +44,10 @@ class BenchOptions:
     runtime: str = "auto"  # auto | litert | tflite-runtime | tflm
     allow_arch_mismatch: bool = False  # store (labelled, unjudged) results of another arch
     save: bool = True
+    # Outputs of fixed seeded inputs compared with the host reference (edgec.agreement);
+    # None: on for emulated devices, off for others.
+    check_outputs: bool | None = None
+    check_count: int | None = None  # default: the stored reference's count, else 16
     connect: ConnectOptions = field(default_factory=ConnectOptions)
 
 

@@ -52,9 +52,14 @@ def crash_tail(stderr: str, n: int = 3) -> str:
 
 
 def harness_args(
-    uploads: list[Upload], options: BenchOptions, threads: int, runtime: str
+    uploads: list[Upload],
+    options: BenchOptions,
+    threads: int,
+    runtime: str,
+    check: tuple[int, int] | None = None,
 ) -> list[str]:
-    """The harness command line on the device (after the interpreter)."""
+    """The harness command line on the device (after the interpreter);
+    ``check`` = (count, seed) of the outputs check's inputs."""
     args = [
         uploads[1].remote,
         uploads[0].remote,
@@ -82,6 +87,8 @@ def harness_args(
         args += ["--load-check-cache", posixpath.join(folder, "runtimes.json")]
     if len(uploads) > 2:
         args += ["--input", uploads[2].remote]
+    if check is not None:
+        args += ["--check-outputs", str(check[0]), "--check-seed", str(check[1])]
     return args
 
 

@@ -243,6 +243,11 @@ def setup_device(
     from them only (``--no-index --find-links``), for devices without internet.
     """
     device = resolve_device(spec, devices_file)
+    if device.kind is DeviceKind.EMULATED:
+        raise UsageError(
+            f"{device.name}: an emulated board is set up by `edgec device emulate "
+            f"{device.name.split(':', 1)[1]}` (its rootfs has numpy and ai-edge-litert)"
+        )
     if wheels is not None and not Path(wheels).is_dir():
         raise UsageError(f"--wheels {wheels}: not a directory of .whl files")
     options = options or ConnectOptions()

@@ -137,9 +137,16 @@ def _ssh() -> type[Transport]:
     return SSHTransport
 
 
+def _emulated() -> type[Transport]:
+    from edgec.deploy.emulate import EmulatedTransport
+
+    return EmulatedTransport
+
+
 _OPENERS: dict[DeviceKind, Callable[[], type[Transport]]] = {
     DeviceKind.LOCAL: _local,
     DeviceKind.SSH: _ssh,
+    DeviceKind.EMULATED: _emulated,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgec.agreement import decisive_top1
 from edgec.budgets import (
     BudgetCheck,
     Figure,
@@ -122,23 +123,6 @@ def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float | None, int]:
     a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
     top1 = float(np.mean(a2.argmax(-1) == b2.argmax(-1))) if a2.shape[1] > 1 else None
     return top1, int(np.abs(a2.astype(np.int64) - b2.astype(np.int64)).max())
-
-
-def _decisive_top1(a: np.ndarray, ref: np.ndarray) -> tuple[float | None, int]:
-    """Top-1 agreement over the rows whose reference top-1 leads by more than the row's
-    largest difference (a near-tie can flip under any rounding), and how many such rows."""
-    a2 = a.reshape(len(a), -1).astype(np.int64)
-    r2 = ref.reshape(len(ref), -1).astype(np.int64)
-    if r2.shape[1] < 2:
-        return None, 0
-    top2 = np.sort(r2, axis=1)[:, -2:]
-    lead = top2[:, 1] - top2[:, 0]
-    row_diff = np.abs(a2 - r2).max(axis=1)
-    decisive = lead > 2 * row_diff
-    if not decisive.any():
-        return None, 0
-    same = a2.argmax(-1) == r2.argmax(-1)
-    return float(np.mean(same[decisive])), int(decisive.sum())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -702,7 +686,7 @@ def _report(
             top1, _ = _compare(tflm, ref)
             fast_top1, _ = _compare(tflm, fast)
             steps = fast_steps = 0
-        decisive, n_decisive = _decisive_top1(tflm, ref)
+        decisive, n_decisive = decisive_top1(tflm, ref)
         diff = np.abs(lite.dequantize_output(tflm) - lite.dequantize_output(ref))
         ok = (decisive is None or decisive >= min_top1) and steps <= max_steps
         if not quantized:
