@@ -38,17 +38,12 @@ def _convert(model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _artifact(folder: Path, content: bytes, target: dict | None, name: str) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "model.tflite").write_bytes(content)
-    if target is not None:
-        manifest = {
-            "schema": "edgec.manifest/1",
-            "model": {"name": name},
-            "target": target,
-            "artifacts": [{"file": "model.tflite", "bytes": len(content)}],
-        }
-        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+def _retargeted(built: Path, folder: Path, target: dict) -> Path:
+    """A copy of a real build's artifact folder whose manifest names another profile."""
+    shutil.copytree(built, folder, ignore=shutil.ignore_patterns("results", "report.*"))
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["target"] = target
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return folder
 
 
@@ -259,12 +254,7 @@ def test_local_device_and_budget_exceeded(env, models, tmp_path):
 def test_micro_artifact_runs_on_the_tflm_interpreter(env, models, tmp_path):
     from edgec.profiles import load_profile
 
-    art = _artifact(
-        tmp_path / "m4",
-        (models["tiny"] / "model.tflite").read_bytes(),
-        load_profile("cortex-m4").to_dict(),
-        "tiny",
-    )
+    art = _retargeted(models["tiny"], tmp_path / "m4", load_profile("cortex-m4").to_dict())
     code, out, err = cli("bench", str(art), "--runs", "5", "--json")
     assert code == 0, err
     doc = json.loads(out)
@@ -641,7 +631,7 @@ def test_arch_mismatch_is_refused_unless_allowed(env, models, tmp_path):
 
     other = "aarch64" if os.uname().machine == "x86_64" else "x86_64"
     profile = {**load_profile("rpi4").to_dict(), "arch": other}
-    art = _artifact(tmp_path / "pi", (models["tiny"] / "model.tflite").read_bytes(), profile, "t")
+    art = _retargeted(models["tiny"], tmp_path / "pi", profile)
     code, out, err = cli("bench", str(art), "--runs", "3", "--json")
     assert code == 6 and f"profile 'rpi4' is for {other}" in err
     assert "--allow-arch-mismatch" in err and len(err.strip().splitlines()) == 1

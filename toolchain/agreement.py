@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import InputError, VerifyError
+from edgec.manifest import Manifest
 from edgec.modelinfo import ModelInfo
 
 REFERENCE_FILE = "reference-outputs.json"
@@ -305,9 +306,9 @@ def host_reference(
     }
 
 
-def stored_reference(folder: Path, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+def stored_reference(folder: Path, manifest: Manifest | None) -> dict[str, Any] | None:
     """The reference the build stored in an artifact folder, if its manifest names one."""
-    entry = (manifest or {}).get("reference_outputs")
+    entry = manifest.reference_outputs if manifest is not None else None
     if not isinstance(entry, dict):
         return None
     path = folder / str(entry.get("file", REFERENCE_FILE))

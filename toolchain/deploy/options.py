@@ -9,7 +9,6 @@ profile whose budgets apply (``--target``, the manifest's, else the device's).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from edgec.deploy.devices import Device
 from edgec.deploy.transport import ConnectOptions
 from edgec.errors import InputError
+from edgec.manifest import MANIFEST, Manifest, read_manifest
 from edgec.modelinfo import require_identifier
 
 Log = Callable[[str], None]
@@ -55,7 +55,7 @@ class BenchOptions:
 class Artifact:
     model: Path  # the .tflite file to run
     folder: Path  # where results/ goes
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None  # edgec.manifest's typed form, when the folder has one
     name: str  # remote folder name
 
     @property
@@ -73,14 +73,8 @@ def locate_artifact(path: Path) -> Artifact:
     manifest = None
     if path.is_dir():
         model, folder = path / "model.tflite", path
-        mpath = path / "manifest.json"
-        if mpath.is_file():
-            try:
-                manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError(f"{mpath}: unreadable manifest ({exc})") from exc
-            if not isinstance(manifest, dict):
-                raise InputError(f"{mpath}: a manifest must be a JSON object")
+        if (path / MANIFEST).is_file():
+            manifest = read_manifest(path)  # the one reader: a foreign manifest is one line
         if not model.is_file():
             raise InputError(
                 f"{path}: no model.tflite inside; give an artifact folder or a .tflite"
@@ -93,13 +87,9 @@ def locate_artifact(path: Path) -> Artifact:
         head = fh.read(8)
     require_identifier(head, str(model))
     name = model.stem if path.is_file() else path.name
-    if manifest and isinstance(manifest.get("model"), dict) and manifest["model"].get("name"):
-        target = (
-            manifest.get("target", {}).get("name")
-            if isinstance(manifest.get("target"), dict)
-            else None
-        )
-        name = manifest["model"]["name"] + (f"-{target}" if target else "")
+    if manifest is not None and manifest.model.name:
+        target = manifest.target_name
+        name = manifest.model.name + (f"-{target}" if target else "")
     return Artifact(model=model, folder=folder, manifest=manifest, name=safe_name(name))
 
 
@@ -109,8 +99,8 @@ def budget_profile(artifact: Artifact, device: Device, target: str | None) -> di
 
     if target:
         return load_profile(target).to_dict()
-    if artifact.manifest and isinstance(artifact.manifest.get("target"), dict):
-        return artifact.manifest["target"]
+    if artifact.manifest is not None and artifact.manifest.target:
+        return artifact.manifest.target
     if device.profile:
         return load_profile(device.profile).to_dict()
     return None
