@@ -178,7 +178,9 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digit
         (["build", cnn_keras_file, "--target", "rpi3"], 2, "unknown target 'rpi3'"),
         (["build", cnn_keras_file, "--target", tmp_path / "bad.toml"], 2, "unknown key 'bogus'"),
         # A failure inside a target's build names the target and the stage.
-        (["build", cnn_keras_file, "--search"], 3, "build rpi4: stage 'compress' failed: "),
+        (["build", cnn_keras_file, "--pass", "prune"], 3, "build rpi4: stage 'compress' failed: "),
+        # A search without labels is refused before any work, not inside a stage.
+        (["build", cnn_keras_file, "--search"], 3, "the accuracy-aware search needs labeled data"),
     ]
     for i, (args, code, needle) in enumerate(cases):
         if args[0] == "build":

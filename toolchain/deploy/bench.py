@@ -123,6 +123,14 @@ def check_budgets(
             notes.append(
                 "ram_bytes of a TFLM target is the arena (checked by the build), not process RSS"
             )
+    elif measured.emulated:
+        # Under qemu-user the process's RSS holds the emulator and its translated code too,
+        # so it is not the board's figure: recorded in the result, never judged.
+        if limits.ram_bytes is not None:
+            notes.append(
+                f"ram_bytes not judged: the peak RSS on an emulator ({measured.emulated}) "
+                "includes the emulator's own memory"
+            )
     elif peak is not None:
         ram = Figure(value=peak, source=source, what="peak RSS of the harness process")
     report = judge(limits, Measurements(latency_ms=latency, ram_bytes=ram))
