@@ -49,11 +49,11 @@ def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
     written = render_reports(build / "rpi4")
     assert [p.name for p in written] == ["report.html", "report.md"]
     text = (build / "rpi4" / "report.html").read_text()
-    # Four charts, each a real PNG, and nothing fetched from outside the file.
-    for name in ("sizes", "accuracy-size", "latency", "memory"):
+    # Five charts, each a real PNG, and nothing fetched from outside the file.
+    for name in ("sizes", "accuracy-size", "pareto", "latency", "memory"):
         assert f'id="chart-{name}"' in text
     pngs = _pngs(text)
-    assert len(pngs) == 4 and all(
+    assert len(pngs) == 5 and all(
         p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 5000 for p in pngs
     )
     assert not re.search(r'(src|href)="(?!data:)', text)
@@ -177,6 +177,7 @@ def test_chart_files_for_docs(build: Path, tmp_path: Path) -> None:
         "chart-accuracy-size.png",
         "chart-latency.png",
         "chart-memory.png",
+        "chart-pareto.png",
         "chart-sizes.png",
     ]
 
