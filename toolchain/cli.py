@@ -21,6 +21,7 @@ import click
 from edgec import __version__
 from edgec.deploy import RUNTIMES
 from edgec.errors import EdgecError
+from edgec.executor import ExecutorKind
 from edgec.objective import Objective
 from edgec.schemes import Quantization
 from edgec.schemes import names as scheme_names
@@ -291,6 +292,21 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--executor",
+    type=click.Choice([k.value for k in ExecutorKind]),
+    default="local",
+    show_default=True,
+    help="Where the search's candidates run: this process, or a Ray cluster "
+    "(pip install 'edgec[distributed]').",
+)
+@click.option(
+    "--ray-address",
+    envvar="EDGEC_RAY_ADDRESS",
+    metavar="ADDRESS",
+    help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default $EDGEC_RAY_ADDRESS); "
+    "none: start a local cluster.",
+)
+@click.option(
     "--firmware-elf",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Your linked firmware (.elf) around firmware/: judge microcontroller flash and RAM "
@@ -324,6 +340,8 @@ def build(
     calibration_size: int,
     quantization: str | None,
     seed: int,
+    executor: str,
+    ray_address: str | None,
     firmware_elf: Path | None,
     trust_model: bool,
     replay: Path | None,
@@ -350,12 +368,18 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "executor": executor,
+        "ray_address": ray_address,
         "quantization": None if quantization is None else Quantization(quantization),
         "firmware_elf": firmware_elf,
         "trust_model": trust_model,
         "replay": replay,
     }
     with _json_errors(as_json):
+        if executor == ExecutorKind.RAY:
+            from edgec.executor_ray import preflight
+
+            preflight(ray_address)  # a missing extra or a dead address fails now, not later
         if model is None:
             result = build_mod.demo(
                 out, targets=targets or ("rpi4", "cortex-m4"), log=_log, **options

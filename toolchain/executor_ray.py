@@ -53,6 +53,13 @@ def import_ray(*, loopback: bool = False) -> Any:
     return ray
 
 
+def preflight(address: str | None) -> None:
+    """What can fail before any work: Ray missing, or the cluster's address not answering."""
+    import_ray(loopback=not address)
+    if address and address != "auto":
+        probe(address)
+
+
 def _call(fn: Callable[[Any, Any], Any], shared: Any, job: Any) -> Any:
     """Runs in the worker: the job's exception becomes its row, as with the local executor."""
     try:
@@ -105,6 +112,9 @@ class RayExecutor:
                 _node_ip_address="127.0.0.1",
                 num_cpus=num_cpus,
                 include_dashboard=False,
+                # Ray nices its workers to 15 to keep its own daemons responsive; on a
+                # machine shared with other work that starves the candidates instead.
+                _system_config={"worker_niceness": 0},
             )
         else:
             options["address"] = address

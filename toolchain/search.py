@@ -77,6 +77,10 @@ class Rung:
     # (params relative to it); None: the rung starts from the input model.
     warm: tuple[Step, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, tuple) or not all(isinstance(s, Step) for s in self.steps):
+            raise TypeError(f"rung {self.label!r}: steps must be a tuple of Step")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Ladder:
@@ -206,17 +210,32 @@ def keras_from_bytes(content: bytes) -> Any:
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy, TensorFlow and Keras seeds: every job starts from the same state."""
+    """Every job starts from the same state, whatever its process ran before.
+
+    The seeds (Python, NumPy, TensorFlow, Keras), and Keras's layer-name counters:
+    an auto-named layer (say a rebuilt model's ``input_layer_7``) names tensors in
+    the .tflite, so a worker that built more models before would ship other bytes.
+    """
     import keras
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(int(seed))
 
 
 def run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
     """Load, run the job's passes, convert and measure: the search's job, in any process."""
+    from threadpoolctl import threadpool_limits
+
     from edgec.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # a fresh worker process would otherwise print TF's start-up
+    # NumPy's LAPACK (low-rank's SVD) sums in a different order with another thread count,
+    # and a Ray worker gets OMP_NUM_THREADS=num_cpus: one thread everywhere, the same bytes.
+    with threadpool_limits(limits=1):
+        return _run_candidate(shared, job)
+
+
+def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
     from edgec.convert import convert
     from edgec.evaluate import evaluate, gzip_size
     from edgec.pipeline import PassContext, PassManager, count_params

@@ -1,0 +1,357 @@
+"""The Ray executor against a real Ray cluster this module starts on 127.0.0.1.
+
+One cluster for the module (``ray start --head``, 2 CPUs, a small object store),
+tiny models and few epochs: this machine has 2 cores. Workers are really
+killed (SIGKILL of their own pid), Ctrl-C is a real SIGINT, and the missing
+extra is Ray made unimportable in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Keep every Ray address on the loopback interface (Ray otherwise swaps 127.0.0.1 for the
+# host's outward address); read when Ray is imported, and inherited by the CLI children.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# A loopback test cluster needs no token; explicit, since `ray start` turns token auth on by
+# itself when an earlier local ray.init() left ~/.ray/auth_token behind.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import ray
+import ray.cloudpickle
+
+from edgec.convert import ConvertOptions
+from edgec.data import Dataset, demo_dataset
+from edgec.executor import JobFailure, LocalExecutor, ordered
+from edgec.executor_ray import RayExecutor
+from edgec.passes.common import accuracy
+from edgec.profiles import Quantization
+from edgec.recipe import Step
+from edgec.search import CandidateJob, Ladder, Rung, SearchShared, run_candidate, run_search
+
+# The job functions below travel to the workers by value (this test module is not importable
+# there); the search's own job, run_candidate, travels by reference as in production.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+EDGEC = str(Path(sys.executable).with_name("edgec"))
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real head node with 2 CPUs on 127.0.0.1; yields its address."""
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="edgec-ray-", dir="/tmp")  # short: Ray's socket paths
+    start = [
+        *RAY_CLI,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--object-store-memory=200000000",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        # As the local clusters edgec starts: un-niced workers on this shared machine.
+        '--system-config={"worker_niceness": 0}',
+        f"--temp-dir={temp}",
+    ]
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    full = demo_dataset()
+    # A third of the digits keeps each candidate a few seconds on 2 shared cores.
+    return Dataset(
+        x_train=full.x_train[:600],
+        y_train=full.y_train[:600],
+        x_val=full.x_val,
+        y_val=full.y_val,
+        source="digits (600 training rows)",
+    )
+
+
+@pytest.fixture(scope="module")
+def model(digits: Dataset):
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    m.compile("adam", "sparse_categorical_crossentropy")
+    m.fit(digits.x_train, digits.y_train, epochs=15, verbose=0)
+    return m
+
+
+LADDER = Ladder(
+    families=(
+        # Low-rank's SVD is where thread counts once changed the bytes (see run_candidate).
+        (
+            Rung(
+                label="lowrank 50%",
+                steps=(Step(id="lowrank", params={"param_fraction": 0.5, "min_params": 1024}),),
+            ),
+        ),
+        (
+            Rung(label="prune 50%", steps=(Step(id="prune", params={"final_sparsity": 0.5}),)),
+            Rung(label="prune 80%", steps=(Step(id="prune", params={"final_sparsity": 0.8}),)),
+        ),
+        (
+            Rung(label="cluster k=16", steps=(Step(id="cluster", params={"k": 16}),)),
+            Rung(label="cluster k=4", steps=(Step(id="cluster", params={"k": 4, "epochs": 0}),)),
+        ),
+    )
+)
+
+
+def _search(model, digits, executor, **kw):
+    return run_search(
+        model,
+        digits,
+        options=ConvertOptions(quantization=Quantization.INT8),
+        calibration=digits.calibration(100),
+        max_accuracy_drop=0.02,
+        reference_accuracy=accuracy(model, digits.x_val, digits.y_val),
+        epochs_scale=0.3,
+        executor=executor,
+        ladder=LADDER,
+        **kw,
+    )
+
+
+def _measured(table):
+    # Timings differ run to run; everything measured about the artifacts must not.
+    return [{k: v for k, v in r.items() if k not in ("seconds", "host_latency_ms")} for r in table]
+
+
+def test_ray_search_tries_the_same_candidates_and_chooses_as_local(cluster, model, digits):
+    local = _search(model, digits, LocalExecutor())
+    executor = RayExecutor(cluster)
+    try:
+        assert executor.resources()["CPU"] == 2.0
+        distributed = _search(model, digits, executor)
+    finally:
+        executor.close()
+    assert distributed.executor == "ray"
+    assert [r["label"] for r in distributed.table] == [r["label"] for r in local.table]
+    assert distributed.chosen.label == local.chosen.label
+    # Equal, not close: every job is seeded, so the accuracies and artifacts are the same.
+    assert _measured(distributed.table) == _measured(local.table)
+    assert distributed.content == local.content
+    assert distributed.table[1]["label"] == "lowrank 50%" and distributed.table[1]["bytes"]
+    assert ray.is_initialized()  # joining a cluster never shuts it down
+
+
+def _dies_or_raises(shared: SearchShared, job: CandidateJob):
+    """The real job, except that one candidate's worker is SIGKILLed mid-run and one raises."""
+    if job.label == "cluster k=16":
+        # A real death part-way into the candidate's work, from a timer inside the worker.
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    if job.label == "prune 50%":
+        raise RuntimeError("this candidate raised")
+    return run_candidate(shared, job)
+
+
+def test_a_killed_worker_or_a_raising_candidate_fails_that_candidate_only(cluster, model, digits):
+    lines: list[str] = []
+    executor = RayExecutor(cluster)
+    try:
+        result = _search(model, digits, executor, job_fn=_dies_or_raises, log=lines.append)
+    finally:
+        executor.close()
+    rows = {r["label"]: r for r in result.table}
+    assert rows["cluster k=16"]["error"] == "worker died while running it (WorkerCrashedError)"
+    assert rows["prune 50%"]["error"] == "RuntimeError: this candidate raised"
+    for label in ("cluster k=16", "prune 50%"):
+        assert rows[label]["ok"] is False and rows[label]["bytes"] is None
+    # Both families stopped at their failure; the search went on with the rest.
+    assert list(rows)[:4] == ["plain", "lowrank 50%", "prune 50%", "cluster k=16"]
+    assert rows["plain"]["bytes"] > 0 and rows["lowrank 50%"]["bytes"] > 0
+    assert result.chosen.label in ("plain", "lowrank 50%")
+    assert any("cluster k=16: failed: worker died" in line for line in lines)
+    # The cluster lived on: a new search still runs there.
+    again = RayExecutor(cluster)
+    try:
+        assert ordered(again.map(_square, 3, [1, 2]), 2) == [4, 7]
+    finally:
+        again.close()
+
+
+def _square(shared: int, job: int) -> int:
+    return shared + job * job
+
+
+def _sleep(shared: float, job: int) -> int:
+    time.sleep(shared)
+    return job
+
+
+def _running_tasks(name: str) -> list[str]:
+    """Ray titles a worker process ``ray::<function>`` while it runs a task."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith(f"ray::{name}")]
+
+
+def test_ctrl_c_cancels_the_outstanding_tasks(cluster):
+    executor = RayExecutor(cluster)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    got = []
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            for i, outcome in executor.map(_sleep, 60.0, list(range(4))):
+                got.append((i, outcome))
+    finally:
+        timer.cancel()
+        executor.close()
+    assert got == []
+    deadline = time.monotonic() + 30
+    while _running_tasks("_call") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _running_tasks("_call") == []  # force-cancelled, not left sleeping for a minute
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, model, digits):
+    root = tmp_path_factory.mktemp("ray-cli")
+    model.save(root / "m.keras")
+    np.savez(
+        root / "d.npz",
+        x_train=digits.x_train,
+        y_train=digits.y_train,
+        x_val=digits.x_val,
+        y_val=digits.y_val,
+    )
+    return root
+
+
+def _edgec(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([EDGEC, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_search_with_executor_ray_prints_the_same_choice_as_local(cluster, files):
+    common = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "--json"]
+    local = _edgec(*common, "-o", "out-local", "--executor", "local", cwd=files)
+    distributed = _edgec(
+        *common, "-o", "out-ray", "--executor", "ray", "--ray-address", cluster, cwd=files
+    )
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert distributed.returncode == 0, distributed.stderr[-2000:]
+    manifests = [
+        json.loads((files / out / "m" / "rpi4" / "manifest.json").read_text())
+        for out in ("out-local", "out-ray")
+    ]
+    chosen = [m["search"]["chosen"] for m in manifests]
+    assert chosen[0] == chosen[1]
+    assert f"search chose {chosen[0]!r}" in local.stderr
+    assert f"search chose {chosen[0]!r}" in distributed.stderr
+    assert _measured(manifests[0]["search"]["candidates"]) == _measured(
+        manifests[1]["search"]["candidates"]
+    )
+    assert manifests[0]["artifacts"][0]["sha256"] == manifests[1]["artifacts"][0]["sha256"]
+    assert "search 1/" in distributed.stderr and "best so far" in distributed.stderr
+    assert "Traceback" not in distributed.stderr
+
+
+def test_cli_ctrl_c_during_a_ray_search_writes_nothing(cluster, files):
+    args = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "-o", "out-int"]
+    proc = subprocess.Popen(
+        [EDGEC, *args, "--executor", "ray", "--ray-address", cluster],
+        cwd=files,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # wait until candidates are out on the cluster
+        seen.append(line)
+        if "search 1/" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "edgec: interrupted" in rest and "Traceback" not in rest
+    assert not (files / "out-int" / "m" / "rpi4").exists()
+    deadline = time.monotonic() + 30
+    while _running_tasks("_call") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _running_tasks("_call") == []
+
+
+def test_an_unreachable_address_is_one_line_and_exit_6(files):
+    port = _free_port()  # nothing listens there
+    run = _edgec(
+        "build", "m.keras", "-d", "d.npz", "--search", "--executor", "ray",
+        "--ray-address", f"127.0.0.1:{port}", cwd=files, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 6
+    assert run.stderr.strip().splitlines() == [
+        f"edgec: error: cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused; "
+        "check the address (`ray status` on the head node) or drop --ray-address to start a "
+        "local cluster"
+    ]
+
+
+def test_without_the_extra_executor_ray_says_how_to_install_it(tmp_path):
+    # Ray made unimportable in a child process: the package is absent, nothing is mocked.
+    code = (
+        "import sys; sys.modules['ray'] = None; from edgec.cli import main; "
+        "sys.argv = ['edgec', 'build', 'm.keras', '--search', '--executor', 'ray']; main()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "edgec: error: --executor ray needs Ray, which is not installed; "
+        "install it with: pip install 'edgec[distributed]'"
+    ]
+
+
+def test_local_and_ray_failures_read_the_same(cluster):
+    executor = RayExecutor(cluster)
+    try:
+        remote = ordered(executor.map(_square_or_raise, 1, [2, -1]), 2)
+    finally:
+        executor.close()
+    local = ordered(LocalExecutor().map(_square_or_raise, 1, [2, -1]), 2)
+    assert remote == local == [5, JobFailure(reason="ValueError: negative -1")]
+
+
+def _square_or_raise(shared: int, job: int) -> int:
+    if job < 0:
+        raise ValueError(f"negative {job}")
+    return shared + job * job
