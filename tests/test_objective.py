@@ -318,3 +318,62 @@ def test_cli_objective_flag_is_checked() -> None:
         "--objective"
         in subprocess.run([EDGEC, "build", "--help"], capture_output=True, text=True).stdout
     )
+
+
+def test_cli_build_for_cortex_m4_chooses_by_on_device_bytes_and_charts_the_front(
+    tmp_path, digits
+) -> None:
+    """The issue's command as a user runs it: the default ladder, the profile's objective."""
+    from edgec.report import pareto_front
+
+    data = tmp_path / "d.npz"
+    # A small slice keeps the default ladder's fine-tuning short.
+    np.savez(
+        data,
+        x_train=digits.x_train[:240],
+        y_train=digits.y_train[:240],
+        x_val=digits.x_val[:120],
+        y_val=digits.y_val[:120],
+    )
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="m",
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=10, batch_size=32, verbose=0)
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            *(EDGEC, "build", "m.keras", "-t", "cortex-m4", "-d", "d.npz"),
+            *("--max-accuracy-drop", "0.01", "--out", str(out)),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = out / "m" / "cortex-m4"
+    search = json.loads((folder / "manifest.json").read_text())["search"]
+    assert search["objective"]["name"] == "bytes"
+    rows = search["candidates"]
+    labels = [r["label"] for r in rows]
+    assert "distill width 0.5" in labels and "prune-channels 25%" in labels
+    measured = [r for r in rows if r["bytes"] is not None]
+    assert all(isinstance(r["arena_bytes"], int) for r in measured)  # TFLM ran each one
+    ok = [r for r in rows if r["ok"]]
+    best = min(ok, key=lambda r: (r["bytes"], r["arena_bytes"], r["accuracy_drop"]))
+    assert search["chosen"] == best["label"]
+    assert (folder / "model.tflite").stat().st_size == best["bytes"]
+    # On the front of what met the bound: nothing within it is both smaller and more accurate.
+    points = [(r["bytes"], r["accuracy"]) for r in ok]
+    assert ok.index(best) in pareto_front(points)
+    html = (folder / "report.html").read_text()
+    assert 'id="chart-pareto"' in html and "Pareto" in html

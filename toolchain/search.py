@@ -1,31 +1,37 @@
 """The accuracy-aware search: step compression up, measure each step, keep the best that fits.
 
 The mission's "apply iteratively with careful monitoring" as an algorithm. A
-``Ladder`` holds families of rungs of rising strength (pruning sparsity, low-rank
-parameter fraction, fewer clusters). A family stops at its first rung that
-breaks the accuracy bound, since stronger rungs only lose more. Then the
-strongest passing rung of each family are combined (low-rank, then pruning,
-then clustering).
+``Ladder`` holds families of rungs of rising strength (a narrower distilled
+student, channel pruning, low-rank parameter fraction, pruning sparsity, fewer
+clusters). A family stops at its first rung that breaks the accuracy bound,
+since stronger rungs only lose more. A warm rung (``Rung.warm``) continues from
+the previous rung's fine-tuned model instead of the input, and its candidate's
+recipe is the whole chain, so the manifest replays it from the input. Then the
+strongest passing rung of each family are combined, each from the input, in
+ladder order.
 
 Every candidate is an independent job (``CandidateJob``: a label and a recipe)
 that an ``edgec.executor`` runs: in this process by default, or on a Ray
 cluster. ``run_candidate`` is the job: it loads the model from its ``.keras``
-bytes, runs the recipe's passes, converts, measures through LiteRT and returns
-a picklable ``Outcome`` holding the measurement and the candidate's ``.tflite``
-bytes, so the artifact the search measured is the one that ships. Nothing
-closes over an in-memory Keras model, so a job can run in another process.
+bytes (or a warm rung's starting model), runs the recipe's passes, converts,
+measures through LiteRT (and TFLM's arena when the objective ranks by it) and
+returns a picklable ``Outcome`` holding the measurement and the candidate's
+``.tflite`` bytes, so the artifact the search measured is the one that ships.
+Nothing closes over an in-memory Keras model, so a job can run in another process.
 
 The answer does not depend on which job finished first: the ladder runs in
 waves (wave 1: the plain model and every family's first rung; wave k: the next
 rung of each family whose previous rung stayed within the bound; then the
 combinations), the jobs of a wave are decided only by earlier waves, every job
 is seeded the same way, and the choice is made over the candidates in plan
-order. The plain model (no passes) is always a candidate, so the choice is
-never worse on size than plain quantization at the same bound. The chosen
-candidate is the smallest (gzip bytes, then bytes) that meets both the
-accuracy bound and ``fits_budgets``; when none does, ``met`` is False and the
-result holds the best there is: the smallest within the accuracy bound, else
-the most accurate. Every candidate tried is a row of ``SearchResult.table``.
+order. The plain model (no passes) is always a candidate. The chosen candidate
+is the best by the ``edgec.objective`` (the profile's, or ``--objective``) among
+those that meet both the accuracy bound and ``fits_budgets``; for the latency
+objective those are first timed again side by side in this process, since
+latencies timed in separate jobs do not compare. When none meets both, ``met``
+is False and the result holds the best there is: the best by the objective
+within the accuracy bound, else the most accurate. Every candidate tried is a
+row of ``SearchResult.table``, with its objective figures.
 """
 
 from __future__ import annotations
