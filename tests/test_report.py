@@ -75,7 +75,9 @@ def test_size_stages_go_float_compressed_quantized(build: Path) -> None:
     stages = dict(size_stages(load_artifact(build / "rpi4")))
     first, compressed = list(stages)[:2]
     assert first == "float32" and compressed.startswith("compressed")
-    assert stages["float32"] > stages[compressed] > stages["int8"]
+    # The search may pick a far narrower model (rpi4 ranks by latency): its params-scaled
+    # float estimate can then undercut the int8 file's fixed flatbuffer overhead.
+    assert stages["float32"] > stages[compressed] and stages["float32"] > stages["int8"]
     assert stages["float16"] > stages["int8"]
     # No pass ran for the microcontroller: float32 straight to int8.
     assert list(dict(size_stages(load_artifact(build / "cortex-m4")))) == [
@@ -133,7 +135,7 @@ def test_build_summary_covers_all_targets(build: Path) -> None:
 
     render_build_summary(build)
     text = (build / "report.html").read_text()
-    assert "2 targets" in text and len(_pngs(text)) == 4
+    assert "2 targets" in text and len(_pngs(text)) == 5  # the Pareto chart: rpi4's search
     md = (build / "report.md").read_text()
     for target in TARGETS:
         assert f"| {target} |" in md
