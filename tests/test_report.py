@@ -49,11 +49,11 @@ def test_artifact_report_has_every_chart_and_table(build: Path) -> None:
     written = render_reports(build / "rpi4")
     assert [p.name for p in written] == ["report.html", "report.md"]
     text = (build / "rpi4" / "report.html").read_text()
-    # Four charts, each a real PNG, and nothing fetched from outside the file.
-    for name in ("sizes", "accuracy-size", "latency", "memory"):
+    # Five charts, each a real PNG, and nothing fetched from outside the file.
+    for name in ("sizes", "accuracy-size", "pareto", "latency", "memory"):
         assert f'id="chart-{name}"' in text
     pngs = _pngs(text)
-    assert len(pngs) == 4 and all(
+    assert len(pngs) == 5 and all(
         p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 5000 for p in pngs
     )
     assert not re.search(r'(src|href)="(?!data:)', text)
@@ -75,7 +75,9 @@ def test_size_stages_go_float_compressed_quantized(build: Path) -> None:
     stages = dict(size_stages(load_artifact(build / "rpi4")))
     first, compressed = list(stages)[:2]
     assert first == "float32" and compressed.startswith("compressed")
-    assert stages["float32"] > stages[compressed] > stages["int8"]
+    # The search may pick a far narrower model (rpi4 ranks by latency): its params-scaled
+    # float estimate can then undercut the int8 file's fixed flatbuffer overhead.
+    assert stages["float32"] > stages[compressed] and stages["float32"] > stages["int8"]
     assert stages["float16"] > stages["int8"]
     # No pass ran for the microcontroller: float32 straight to int8.
     assert list(dict(size_stages(load_artifact(build / "cortex-m4")))) == [
@@ -133,7 +135,7 @@ def test_build_summary_covers_all_targets(build: Path) -> None:
 
     render_build_summary(build)
     text = (build / "report.html").read_text()
-    assert "2 targets" in text and len(_pngs(text)) == 4
+    assert "2 targets" in text and len(_pngs(text)) == 5  # the Pareto chart: rpi4's search
     md = (build / "report.md").read_text()
     for target in TARGETS:
         assert f"| {target} |" in md
@@ -177,6 +179,7 @@ def test_chart_files_for_docs(build: Path, tmp_path: Path) -> None:
         "chart-accuracy-size.png",
         "chart-latency.png",
         "chart-memory.png",
+        "chart-pareto.png",
         "chart-sizes.png",
     ]
 

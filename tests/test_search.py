@@ -43,6 +43,9 @@ ROW_KEYS = {
     "accuracy",
     "accuracy_drop",
     "host_latency_ms",
+    "host_latency_timing",
+    "arena_bytes",
+    "objective_figures",
     "fits_budgets",
     "ok",
     "seconds",
@@ -249,10 +252,13 @@ def test_a_job_outcome_is_picklable_and_holds_no_keras_object(model, digits) -> 
 
 def test_default_ladder_steps_strength_up() -> None:
     families = default_ladder().families
-    prune = [r.steps[0].params["final_sparsity"] for r in families[1]]
+    by_pass = {f[0].steps[0].id: f for f in families}
+    prune = [r.steps[0].params["final_sparsity"] for r in by_pass["prune"]]
     assert prune == sorted(prune) and prune[-1] >= 0.9
-    ks = [r.steps[0].params["k"] for r in families[2]]
+    ks = [r.steps[0].params["k"] for r in by_pass["cluster"]]
     assert ks == sorted(ks, reverse=True) and ks[0] == 64 and ks[-1] == 8
     for family in families:
         for rung in family:
             rung.steps[0].make_params()  # every rung is a valid recipe step
+            for step in rung.warm or ():
+                step.make_params()

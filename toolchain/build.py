@@ -65,7 +65,15 @@ from edgec.manifest import (
     read_manifest,
 )
 from edgec.modelinfo import read_model
-from edgec.profiles import IODtype, Profile, Quantization, load_profile, with_quantization
+from edgec.objective import Objective
+from edgec.profiles import (
+    IODtype,
+    Profile,
+    Quantization,
+    load_profile,
+    with_objective,
+    with_quantization,
+)
 from edgec.schemes import scheme
 
 Log = Callable[[str], None]
@@ -101,6 +109,7 @@ class BuildRequest:
     seed: int = 0
     epochs_scale: float = 1.0
     quantization: Quantization | None = None  # replaces every profile's scheme for this build
+    objective: Objective | None = None  # replaces every profile's search objective (--objective)
     firmware_elf: Path | None = None  # a linked firmware: micro flash and RAM are measured
     # Allow model files that carry code (Lambda layers, custom objects): --trust-model.
     trust_model: bool = False
@@ -200,6 +209,11 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
         profiles = [target_profile(load_profile(t), req) for t in req.targets]
     if not profiles:
         raise InputError("no target given; use --target (see `edgec targets`)")
+    if req.objective is not None and not (req.search or req.max_accuracy_drop is not None):
+        raise UsageError(
+            f"--objective {req.objective} ranks the search's candidates; "
+            "give --search or --max-accuracy-drop too"
+        )
     if req.firmware_elf is not None and not any(p.is_micro for p in profiles):
         raise UsageError("--firmware-elf is for microcontroller targets (e.g. -t cortex-m4)")
     for profile in profiles:  # and every recipe, so a bad one fails before anything is written
@@ -234,7 +248,9 @@ def build(req: BuildRequest, log: Log = print) -> BuildResult:
 
 
 def target_profile(profile: Profile, req: BuildRequest) -> Profile:
-    """The profile as this build uses it: ``--quantization`` replaces its scheme."""
+    """The profile as this build uses it: ``--quantization`` and ``--objective`` replace its own."""
+    if req.objective is not None:
+        profile = with_objective(profile, req.objective)
     if req.quantization is None:
         return profile
     return with_quantization(profile, req.quantization)

@@ -22,6 +22,7 @@ from edgec import __version__
 from edgec.deploy import RUNTIMES
 from edgec.errors import EdgecError
 from edgec.executor import ExecutorKind
+from edgec.objective import Objective
 from edgec.schemes import Quantization
 from edgec.schemes import names as scheme_names
 
@@ -267,6 +268,12 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     "--search alone uses the profile's bound.",
 )
 @click.option(
+    "--objective",
+    type=click.Choice([o.value for o in Objective]),
+    help="What the search optimizes instead of each profile's: bytes (on-device bytes, "
+    "then TFLM arena), latency (host-measured, then bytes) or download (gzip bytes).",
+)
+@click.option(
     "--keep-failed",
     is_flag=True,
     help="Write the artifact even when a budget fails (exit stays nonzero).",
@@ -328,6 +335,7 @@ def build(
     overrides: tuple[str, ...],
     search: bool,
     max_accuracy_drop: float | None,
+    objective: str | None,
     keep_failed: bool,
     calibration_size: int,
     quantization: str | None,
@@ -343,10 +351,12 @@ def build(
     from edgec import build as build_mod
     from edgec.errors import UsageError
 
-    if replay is not None and (model is None or targets or recipe or overrides or quantization):
+    if replay is not None and (
+        model is None or targets or recipe or overrides or quantization or objective
+    ):
         raise UsageError(
-            "--from-manifest takes MODEL (and --data), and no --target, --recipe, --pass or "
-            "--quantization: the manifest records those"
+            "--from-manifest takes MODEL (and --data), and no --target, --recipe, --pass, "
+            "--quantization or --objective: the manifest records those"
         )
 
     options = {
@@ -354,6 +364,7 @@ def build(
         "overrides": overrides,
         "search": search,
         "max_accuracy_drop": max_accuracy_drop,
+        "objective": None if objective is None else Objective(objective),
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,

@@ -57,6 +57,38 @@ def host_latency_ms(
     return round(statistics.median(samples) * 1e3, 4)
 
 
+def interleaved_latency_ms(
+    models: dict[Any, bytes],
+    x: np.ndarray,
+    *,
+    threads: int = 1,
+    warmup: int = 5,
+    rounds: int = 10,
+    per_round: int = 10,
+) -> dict[Any, float]:
+    """Median single-sample invoke time per model on this host, the models timed side by side.
+
+    Round by round each model runs ``per_round`` timed invokes, so drift in the host's load
+    reaches every model alike: the medians compare (as ratios), unlike ones timed apart.
+    """
+    loaded = {}
+    for key, content in models.items():
+        m = TFLiteModel(content, threads=threads, batch=1)
+        idx = m.interpreter.get_input_details()[0]["index"]
+        m.interpreter.set_tensor(idx, m.quantize_input(x[:1]))
+        for _ in range(warmup):  # discarded
+            m.interpreter.invoke()
+        loaded[key] = m
+    samples: dict[Any, list[float]] = {key: [] for key in models}
+    for _ in range(rounds):
+        for key, m in loaded.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                m.interpreter.invoke()
+                samples[key].append(time.perf_counter() - start)
+    return {key: statistics.median(s) * 1e3 for key, s in samples.items()}
+
+
 def evaluate(
     content: bytes,
     data: Dataset,

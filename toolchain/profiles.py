@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import ProfileError, UsageError
+from edgec.objective import Objective, default_objective
 from edgec.schemes import FloatFallback, IODtype, Quantization, scheme
 
 
@@ -69,6 +70,8 @@ class Profile:
     float_fallback: FloatFallback = FloatFallback.ALLOW
     budgets: Budgets = field(default_factory=Budgets)
     micro: Micro | None = None
+    # What the search optimizes (edgec.objective); unset in a file, it follows the runtime.
+    objective: Objective = Objective.LATENCY
     passes: tuple[dict[str, Any], ...] = ()  # the default recipe, checked by edgec.recipe
     source: str = ""  # the file it came from, for messages
 
@@ -256,6 +259,9 @@ def _build(name: str, raw: dict[str, Any], source: str) -> Profile:
         ),
         budgets=tables.get("budgets", Budgets()),
         micro=tables.get("micro"),
+        objective=enum(
+            "objective", Objective, raw.get("objective", default_objective(runtime is Runtime.TFLM))
+        ),
         passes=tuple(passes),
         source=source,
     )
@@ -274,6 +280,11 @@ def _check_scheme(source: str, key: str, q: Quantization, runtime: Runtime) -> N
             f"{source}: key {key!r} = {str(q)!r} does not run on {runtime}; "
             f"schemes that do: {_runnable(runtime)}"
         )
+
+
+def with_objective(profile: Profile, objective: Objective | str) -> Profile:
+    """``profile`` with the search's objective replaced for one build (``--objective``)."""
+    return dataclasses.replace(profile, objective=Objective(objective))
 
 
 def with_quantization(profile: Profile, quantization: Quantization | str) -> Profile:

@@ -16,6 +16,8 @@ Charts (matplotlib, Agg canvas, imported lazily):
 
 - size per target and stage: float32 -> compressed (after the passes) -> each artifact -> its gzip;
 - accuracy against size: the search's candidates, the chosen one, the baseline and artifacts;
+- Pareto fronts of the search: every candidate's on-device size and host latency against
+  accuracy, the front of candidates nothing beats, the chosen one and the objective;
 - latency distribution per device (raw samples as box plots, else the percentiles);
 - memory per device.
 """
@@ -475,6 +477,97 @@ def chart_accuracy_size(items: list[ArtifactData]) -> bytes | None:
     return _png(fig)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: cost (x) lower or equal and accuracy (y)
+    higher or equal, one of them strictly; ordered by cost."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(
+            (x2 <= x and y2 >= y) and (x2 < x or y2 > y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
+    ]
+    return sorted(front, key=lambda i: points[i])
+
+
+# The Pareto chart's panels: the candidate field on x, its axis label, and a scale to KiB.
+_PARETO_PANELS = (
+    ("bytes", "on-device size, .tflite (KiB)", 1 / 1024),
+    ("host_latency_ms", "host latency, LiteRT on the build host (ms): not the device's", 1.0),
+)
+
+
+def chart_pareto(items: list[ArtifactData]) -> bytes | None:
+    """Every search candidate, size and host latency against accuracy; front and choice marked."""
+    rows = [(it, *_search(it)) for it in items]
+    rows = [(it, cands, chosen) for it, cands, chosen in rows if cands]
+    if not rows:
+        return None
+    fig = _figure(11.0, 3.6 * len(rows))
+    grid = fig.subplots(len(rows), len(_PARETO_PANELS), squeeze=False)
+    for r, (it, cands, chosen) in enumerate(rows):
+        objective = (it.manifest.get("search") or {}).get("objective") or {}
+        for col, (key, label, scale) in enumerate(_PARETO_PANELS):
+            ax = grid[r][col]
+            good = [c for c in cands if _is_number(c.get(key)) and _is_number(c.get("accuracy"))]
+            points = [(float(c[key]) * scale, float(c["accuracy"])) for c in good]
+            for ok, marker, what in (
+                (True, "o", "candidates within the bound and budgets"),
+                (False, "x", "candidates missing the bound or budgets"),
+            ):
+                pts = [
+                    p for c, p in zip(good, points, strict=True) if bool(c.get("ok", True)) is ok
+                ]
+                if pts:
+                    ax.scatter(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        s=26,
+                        marker=marker,
+                        color=_COLORS[0 if ok else 3],
+                        alpha=0.7,
+                        label=what,
+                    )
+            front = pareto_front(points)
+            if front:
+                ax.step(
+                    [points[i][0] for i in front],
+                    [points[i][1] for i in front],
+                    where="post",
+                    color=_COLORS[2],
+                    linewidth=1.2,
+                    label="Pareto front",
+                )
+            for c, p in zip(good, points, strict=True):
+                if chosen is not None and str(c.get("label")) == chosen:
+                    ax.scatter(
+                        [p[0]],
+                        [p[1]],
+                        s=200,
+                        marker="*",
+                        color=_COLORS[1],
+                        edgecolor="black",
+                        zorder=5,
+                        label=f"chosen: {chosen}",
+                    )
+                    ax.annotate(chosen, p, fontsize=7, xytext=(6, 4), textcoords="offset points")
+            if not good:
+                ax.text(0.5, 0.5, f"no candidate has {key}", ha="center", transform=ax.transAxes)
+            ax.set_xlabel(label, fontsize=8)
+            ax.set_ylabel("accuracy (validation)", fontsize=8)
+            low, high = ax.get_ylim()
+            if high - low < 0.02:
+                mid = (low + high) / 2
+                ax.set_ylim(mid - 0.01, mid + 0.01)
+            ranks = f"; objective: {objective['name']}" if objective.get("name") else ""
+            ax.set_title(f"{it.target}{ranks}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, frameon=False, loc="best")
+    return _png(fig)
+
+
 def _device_runs(items: list[ArtifactData]) -> list[tuple[str, BenchRun]]:
     many = len(items) > 1
     out = []
@@ -554,6 +647,10 @@ def chart_memory(items: list[ArtifactData]) -> bytes | None:
 CHARTS: dict[str, tuple[str, Callable[[list[ArtifactData]], bytes | None]]] = {
     "sizes": ("Size per target and stage", chart_sizes),
     "accuracy-size": ("Accuracy against size", chart_accuracy_size),
+    "pareto": (
+        "Search candidates: Pareto fronts of size and host latency against accuracy",
+        chart_pareto,
+    ),
     "latency": ("Latency distribution per device", chart_latency),
     "memory": ("Memory per device", chart_memory),
 }

@@ -1,31 +1,37 @@
 """The accuracy-aware search: step compression up, measure each step, keep the best that fits.
 
 The mission's "apply iteratively with careful monitoring" as an algorithm. A
-``Ladder`` holds families of rungs of rising strength (pruning sparsity, low-rank
-parameter fraction, fewer clusters). A family stops at its first rung that
-breaks the accuracy bound, since stronger rungs only lose more. Then the
-strongest passing rung of each family are combined (low-rank, then pruning,
-then clustering).
+``Ladder`` holds families of rungs of rising strength (a narrower distilled
+student, channel pruning, low-rank parameter fraction, pruning sparsity, fewer
+clusters). A family stops at its first rung that breaks the accuracy bound,
+since stronger rungs only lose more. A warm rung (``Rung.warm``) continues from
+the previous rung's fine-tuned model instead of the input, and its candidate's
+recipe is the whole chain, so the manifest replays it from the input. Then the
+strongest passing rung of each family are combined, each from the input, in
+ladder order.
 
 Every candidate is an independent job (``CandidateJob``: a label and a recipe)
 that an ``edgec.executor`` runs: in this process by default, or on a Ray
 cluster. ``run_candidate`` is the job: it loads the model from its ``.keras``
-bytes, runs the recipe's passes, converts, measures through LiteRT and returns
-a picklable ``Outcome`` holding the measurement and the candidate's ``.tflite``
-bytes, so the artifact the search measured is the one that ships. Nothing
-closes over an in-memory Keras model, so a job can run in another process.
+bytes (or a warm rung's starting model), runs the recipe's passes, converts,
+measures through LiteRT (and TFLM's arena when the objective ranks by it) and
+returns a picklable ``Outcome`` holding the measurement and the candidate's
+``.tflite`` bytes, so the artifact the search measured is the one that ships.
+Nothing closes over an in-memory Keras model, so a job can run in another process.
 
 The answer does not depend on which job finished first: the ladder runs in
 waves (wave 1: the plain model and every family's first rung; wave k: the next
 rung of each family whose previous rung stayed within the bound; then the
 combinations), the jobs of a wave are decided only by earlier waves, every job
 is seeded the same way, and the choice is made over the candidates in plan
-order. The plain model (no passes) is always a candidate, so the choice is
-never worse on size than plain quantization at the same bound. The chosen
-candidate is the smallest (gzip bytes, then bytes) that meets both the
-accuracy bound and ``fits_budgets``; when none does, ``met`` is False and the
-result holds the best there is: the smallest within the accuracy bound, else
-the most accurate. Every candidate tried is a row of ``SearchResult.table``.
+order. The plain model (no passes) is always a candidate. The chosen candidate
+is the best by the ``edgec.objective`` (the profile's, or ``--objective``) among
+those that meet both the accuracy bound and ``fits_budgets``; for the latency
+objective those are first timed again side by side in this process, since
+latencies timed in separate jobs do not compare. When none meets both, ``met``
+is False and the result holds the best there is: the best by the objective
+within the accuracy bound, else the most accurate. Every candidate tried is a
+row of ``SearchResult.table``, with its objective figures.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgec.errors import EdgecError, InputError
 from edgec.executor import Executor, JobFailure, LocalExecutor, Resources
+from edgec.objective import DESCRIPTIONS, Objective, figures, needs_arena, objective_key
 from edgec.recipe import Step
 
 if TYPE_CHECKING:
@@ -60,13 +67,21 @@ class Measurement:
     gzip_bytes: int
     accuracy: float
     host_latency_ms: float | None = None
+    # TFLM's arena total, run on the host in the real TFLM interpreter; measured only when
+    # the objective ranks by it (edgec.objective.needs_arena), else None.
+    arena_bytes: int | None = None
+    # How host_latency_ms was timed: "alone" in its job, or "side by side" with the others.
+    latency_timing: str = "alone"
     content: bytes | None = None  # the .tflite measured; only the chosen candidate keeps it
 
 
 @dataclass(frozen=True, kw_only=True)
 class Rung:
     label: str
-    steps: tuple[Step, ...]
+    steps: tuple[Step, ...]  # from the input model (how a combination applies this rung)
+    # Warm start: the steps that take the previous rung's fine-tuned model to this rung
+    # (params relative to it); None: the rung starts from the input model.
+    warm: tuple[Step, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, tuple) or not all(isinstance(s, Step) for s in self.steps):
@@ -81,20 +96,60 @@ class Ladder:
     combine: bool = True
 
 
-def _rung(label: str, pass_id: str, **params: Any) -> Rung:
-    return Rung(label=label, steps=(Step(id=pass_id, params=params),))
+def _rung(label: str, pass_id: str, *, warm: dict[str, Any] | None = None, **params: Any) -> Rung:
+    """One step of ``pass_id``; ``warm``: its params on the previous rung's model."""
+    return Rung(
+        label=label,
+        steps=(Step(id=pass_id, params=params),),
+        warm=None if warm is None else (Step(id=pass_id, params=warm),),
+    )
+
+
+# prune-channels removes this cumulative fraction of the channels at each rung.
+CHANNEL_SPARSITIES = (0.25, 0.5, 0.75)
 
 
 def default_ladder() -> Ladder:
-    prune = tuple(
-        _rung(f"prune {s:.0%}", "prune", initial_sparsity=min(0.5, s), final_sparsity=s)
-        for s in (0.5, 0.7, 0.8, 0.9, 0.95)
-    )
+    """Every family the search knows, weakest rung first, in the order combinations apply them.
+
+    Warm rungs continue from the previous rung's fine-tuned model: magnitude pruning and
+    clustering have absolute targets (a sparsity of the kernel, a number of clusters), so
+    the same params hold on a warm model; ``prune-channels`` removes a fraction of the
+    channels *left*, so each warm rung removes what brings the total to the rung's label.
+    Distillation trains a fresh student from the input (a warm start would make the weaker
+    student the teacher) and low-rank would factorize its own factors, so neither is warm.
+    """
+    distill = tuple(_rung(f"distill width {w}", "distill", width=w) for w in (0.5, 0.25))
+    channels = []
+    for i, total in enumerate(CHANNEL_SPARSITIES):
+        kept = 1.0 - CHANNEL_SPARSITIES[i - 1] if i else 1.0  # what the previous rung kept
+        removed = round(1.0 - (1.0 - total) / kept, 6)  # of those
+        channels.append(
+            _rung(
+                f"prune-channels {total:.0%}",
+                "prune-channels",
+                warm={"sparsity": removed} if i else None,
+                sparsity=total,
+            )
+        )
     lowrank = tuple(
         _rung(f"lowrank {f:.0%} params", "lowrank", param_fraction=f) for f in (0.5, 0.3, 0.2)
     )
-    cluster = tuple(_rung(f"cluster k={k}", "cluster", k=k) for k in (64, 32, 16, 8))
-    return Ladder(families=(lowrank, prune, cluster))
+    prune = []
+    sparsities = (0.5, 0.7, 0.8, 0.9, 0.95)
+    for i, s in enumerate(sparsities):
+        # Warm, the schedule starts where the previous rung ended.
+        warm = {"initial_sparsity": sparsities[i - 1], "final_sparsity": s} if i else None
+        prune.append(
+            _rung(
+                f"prune {s:.0%}", "prune", warm=warm, initial_sparsity=min(0.5, s), final_sparsity=s
+            )
+        )
+    cluster = tuple(
+        _rung(f"cluster k={k}", "cluster", warm={"k": k} if i else None, k=k)
+        for i, k in enumerate((64, 32, 16, 8))
+    )
+    return Ladder(families=(distill, tuple(channels), lowrank, tuple(prune), cluster))
 
 
 # ---------------------------------------------------------------- the job
@@ -110,10 +165,22 @@ class SearchShared:
     seed: int = 0
     epochs_scale: float = 1.0
     threads: int = 1  # LiteRT threads for measuring, as the profile's runtime uses
+    objective: Objective = Objective.DOWNLOAD
 
 
-# One job is one candidate: a rung (its label and recipe), or a combination of rungs.
-CandidateJob = Rung
+@dataclass(frozen=True, kw_only=True)
+class CandidateJob:
+    """One candidate: a rung or a combination of rungs, as its label and whole recipe.
+
+    A warm-started rung carries ``start``, the previous rung's fine-tuned model
+    (``.keras``), which the first ``done`` of ``steps`` produced: the job runs only the
+    rest on it. ``steps`` stays the whole recipe, so the manifest replays it from the input.
+    """
+
+    label: str
+    steps: tuple[Step, ...]
+    start: bytes | None = field(default=None, repr=False)
+    done: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,17 +248,18 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
 
     start = time.perf_counter()
     seed_everything(shared.seed)
-    model = keras_from_bytes(shared.model)
+    model = keras_from_bytes(shared.model if job.start is None else job.start)
+    steps = job.steps[job.done :] if job.start is not None else job.steps
     records: list[dict[str, Any]] = []
     try:
-        if job.steps:
+        if steps:
             ctx = PassContext(
                 data=shared.data,
                 profile=shared.profile,
                 seed=shared.seed,
                 epochs_scale=shared.epochs_scale,
             )
-            model, recs = PassManager([s.instantiate() for s in job.steps]).run(model, ctx)
+            model, recs = PassManager([s.instantiate() for s in steps]).run(model, ctx)
             records = [r.to_dict() for r in recs]
             if not any(r.changed for r in recs):
                 return Outcome(
@@ -203,6 +271,10 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
                 )
         content = convert(model, shared.options, shared.calibration)
         metrics = evaluate(content, shared.data, threads=shared.threads).metrics
+        micro = shared.profile is not None and shared.profile.is_micro
+        arena = (
+            tflm_arena_bytes(content, shared.data) if needs_arena(shared.objective, micro) else None
+        )
     except EdgecError as exc:
         return Outcome(
             measurement=None,
@@ -218,6 +290,7 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
             gzip_bytes=gzip_size(content),
             accuracy=float(metrics["accuracy"]),
             host_latency_ms=metrics.get("host_latency_ms"),
+            arena_bytes=arena,
             content=content,
         ),
         params=count_params(model),
@@ -225,6 +298,19 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
         records=records,
         model=keras_to_bytes(model) if job.steps else None,
     )
+
+
+def tflm_arena_bytes(content: bytes, data: Dataset) -> int:
+    """TFLM's arena total for ``content``: one load and invoke in the real TFLM interpreter.
+
+    Only the figure the objective ranks by: no search for the smallest working arena and no
+    agreement check (the chosen artifact gets the full fit report in the build).
+    """
+    from edgec.micro import run_tflm
+    from edgec.runtime import TFLiteModel
+
+    row = TFLiteModel(content).quantize_input(data.x_val[:1])
+    return run_tflm(content, row, where="search candidate", find_required=False).arena_total
 
 
 # ---------------------------------------------------------------- results
@@ -254,6 +340,8 @@ class Candidate:
             "host_latency_ms": None
             if m is None or m.host_latency_ms is None
             else round(m.host_latency_ms, 4),
+            "host_latency_timing": m.latency_timing if m else None,
+            "arena_bytes": m.arena_bytes if m else None,
             "fits_budgets": self.fits_budgets,
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
@@ -270,6 +358,8 @@ class SearchResult:
     max_accuracy_drop: float
     candidates: tuple[Candidate, ...]
     executor: str = "local"
+    objective: Objective = Objective.DOWNLOAD
+    latency_method: str = ""  # how host_latency_ms was measured, for the manifest
 
     @property
     def content(self) -> bytes:
@@ -279,7 +369,16 @@ class SearchResult:
 
     @property
     def table(self) -> list[dict[str, Any]]:
-        return [c.row() for c in self.candidates]
+        """One row per candidate, with the figures the objective ranked it by."""
+        return [
+            {
+                **c.row(),
+                "objective_figures": None
+                if c.measurement is None
+                else figures(self.objective, c.measurement),
+            }
+            for c in self.candidates
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``search`` section."""
@@ -289,18 +388,27 @@ class SearchResult:
             "chosen_passes": [s.resolved() for s in self.chosen.steps],
             "reference_accuracy": round(self.reference_accuracy, 6),
             "max_accuracy_drop": self.max_accuracy_drop,
+            "objective": {
+                "name": str(self.objective),
+                "ranks_by": DESCRIPTIONS[self.objective],
+                "host_latency": self.latency_method,
+            },
             "candidates": self.table,  # the report charts these against the chosen one
         }
 
 
-def _size_key(c: Candidate) -> tuple[float, float, float]:
-    m = c.measurement
-    assert m is not None
-    return (m.gzip_bytes, m.bytes, c.accuracy_drop or 0.0)
+def candidate_key(c: Candidate, objective: Objective) -> tuple[float, ...]:
+    """``objective``'s figures of ``c``, then its accuracy drop: smaller is better."""
+    assert c.measurement is not None
+    return objective_key(objective, c.measurement, c.accuracy_drop or 0.0)
 
 
-def choose(candidates: Sequence[Candidate], max_accuracy_drop: float) -> tuple[Candidate, bool]:
-    """The smallest candidate that is ok, else the best fallback; and whether it is ok.
+def choose(
+    candidates: Sequence[Candidate],
+    max_accuracy_drop: float,
+    objective: Objective = Objective.DOWNLOAD,
+) -> tuple[Candidate, bool]:
+    """The best candidate by ``objective`` that is ok, else the best fallback; and if it is ok.
 
     ``candidates`` come in plan order, so ties go the same way whatever finished first.
     """
@@ -309,14 +417,14 @@ def choose(candidates: Sequence[Candidate], max_accuracy_drop: float) -> tuple[C
         raise EdgecError("the search measured no candidate: every one failed (see the table)")
     ok = [c for c in measured if c.ok]
     if ok:
-        return min(ok, key=_size_key), True
+        return min(ok, key=lambda c: candidate_key(c, objective)), True
 
     # Within the accuracy bound but over a budget beats any accuracy failure.
     def fallback(c: Candidate) -> tuple[float, ...]:
         drop = c.accuracy_drop or 0.0
         if drop <= max_accuracy_drop + 1e-9:
-            return (0.0, *_size_key(c))
-        return (1.0, drop, *_size_key(c)[:2])
+            return (0.0, *candidate_key(c, objective))
+        return (1.0, drop, *candidate_key(c, objective)[:-1])
 
     return min(measured, key=fallback), False
 
@@ -330,6 +438,62 @@ class _Planned:
     order: tuple[int, int]  # (0, 0) plain; (f + 1, r) family f rung r; (len + 1, i) combinations
     family: int | None = None
     rung: int | None = None
+    records_before: list[dict[str, Any]] = field(default_factory=list)  # warm: the chain's
+
+
+def _next_rung(
+    rung: Rung,
+    prev: _Planned,
+    prev_candidate: Candidate,
+    kept: dict[tuple[int, int], tuple[Measurement, bytes | None]],
+    family: int,
+    index: int,
+) -> _Planned:
+    """The job for ``rung``: warm from ``prev``'s fine-tuned model when the rung says how."""
+    order = (family + 1, index)
+    model = kept.get(prev.order, (None, None))[1]
+    if rung.warm is None or model is None:
+        return _Planned(
+            job=CandidateJob(label=rung.label, steps=rung.steps),
+            order=order,
+            family=family,
+            rung=index,
+        )
+    chain = prev.job.steps
+    return _Planned(
+        job=CandidateJob(
+            label=rung.label, steps=(*chain, *rung.warm), start=model, done=len(chain)
+        ),
+        order=order,
+        family=family,
+        rung=index,
+        records_before=list(prev_candidate.records),
+    )
+
+
+def _side_by_side(
+    tried: list[tuple[tuple[int, int], Candidate]],
+    kept: dict[tuple[int, int], tuple[Measurement, bytes | None]],
+    x: np.ndarray,
+    threads: int,
+) -> list[tuple[tuple[int, int], Candidate]]:
+    """``tried`` with the ok candidates' host latency re-timed together, interleaved."""
+    from edgec.evaluate import interleaved_latency_ms
+
+    ok = {o: kept[o][0] for o, c in tried if c.ok and o in kept}
+    if len(ok) < 2:
+        return tried
+    ms = interleaved_latency_ms(
+        {o: m.content for o, m in ok.items() if m.content is not None}, x, threads=threads
+    )
+    out = []
+    for o, c in tried:
+        if o in ms:
+            timed = {"host_latency_ms": round(ms[o], 4), "latency_timing": "side by side"}
+            kept[o] = (dataclasses.replace(kept[o][0], **timed), kept[o][1])
+            c = dataclasses.replace(c, measurement=dataclasses.replace(c.measurement, **timed))
+        out.append((o, c))
+    return out
 
 
 def run_search(
@@ -348,6 +512,7 @@ def run_search(
     executor: Executor | None = None,
     ladder: Ladder | None = None,
     max_candidates: int = 24,
+    objective: Objective | None = None,
     resources: Resources | None = None,
     log: Log = lambda message: None,
     job_fn: Callable[[SearchShared, CandidateJob], Outcome] = run_candidate,
@@ -356,14 +521,18 @@ def run_search(
 
     ``reference_accuracy`` is what drops are measured from (the float32
     baseline's accuracy). ``fits_budgets`` runs here, in the caller's process,
-    on each measurement. ``job_fn`` is what each job runs (a module-level
-    function, so a worker can import it); tests wrap ``run_candidate`` with it.
+    on each measurement. ``objective`` ranks the candidates that meet both
+    (default: the profile's; without a profile, the download size). ``job_fn`` is
+    what each job runs (a module-level function, so a worker can import it); tests
+    wrap ``run_candidate`` with it.
     """
     if data.y_val is None or data.y_train is None:
         raise InputError("the accuracy-aware search needs labeled data; give --data")
     executor = executor or LocalExecutor()
     ladder = ladder or default_ladder()
     fits = fits_budgets or (lambda m: True)
+    if objective is None:
+        objective = profile.objective if profile is not None else Objective.DOWNLOAD
     shared = SearchShared(
         model=keras_to_bytes(model),
         data=data,
@@ -373,6 +542,7 @@ def run_search(
         seed=seed,
         epochs_scale=epochs_scale,
         threads=threads,
+        objective=objective,
     )
     resources = resources or candidate_resources()
     # The candidate cap is spent up front, in ladder order, so it never depends on timing.
@@ -381,7 +551,7 @@ def run_search(
     for family in ladder.families:
         families.append(family[:room])
         room -= len(families[-1])
-    tracker = _Progress(total=1 + sum(len(f) for f in families), log=log)
+    tracker = _Progress(total=1 + sum(len(f) for f in families), log=log, objective=objective)
     tried: list[tuple[tuple[int, int], Candidate]] = []
     # Plan order -> the candidate's artifact and Keras model, until the choice is made.
     kept: dict[tuple[int, int], tuple[Measurement, bytes | None]] = {}
@@ -397,6 +567,8 @@ def run_search(
                 # The plain model failing to convert is the caller's (model, data, profile).
                 raise outcome.exception
             c = _candidate(wave[i], outcome, reference_accuracy, max_accuracy_drop, fits)
+            if wave[i].records_before:
+                c = dataclasses.replace(c, records=[*wave[i].records_before, *c.records])
             if isinstance(outcome, Outcome) and outcome.measurement is not None:
                 kept[wave[i].order] = (outcome.measurement, outcome.model)
             results[i] = c
@@ -408,7 +580,12 @@ def run_search(
     with tracker:
         wave = [_Planned(job=CandidateJob(label="plain", steps=()), order=(0, 0))]
         wave += [
-            _Planned(job=f[0], order=(i + 1, 0), family=i, rung=0)
+            _Planned(
+                job=CandidateJob(label=f[0].label, steps=f[0].steps),
+                order=(i + 1, 0),
+                family=i,
+                rung=0,
+            )
             for i, f in enumerate(families)
             if f
         ]
@@ -425,9 +602,7 @@ def run_search(
                     continue
                 strongest[f] = families[f][r]
                 if r + 1 < len(families[f]):
-                    nxt.append(
-                        _Planned(job=families[f][r + 1], order=(f + 1, r + 1), family=f, rung=r + 1)
-                    )
+                    nxt.append(_next_rung(families[f][r + 1], planned, c, kept, f, r + 1))
             wave = nxt
         rungs = [strongest[f] for f in sorted(strongest)]
         room = max_candidates - len(tried)
@@ -446,8 +621,17 @@ def run_search(
                     ]
                 )
     tried.sort(key=lambda t: t[0])
+    latency_method = f"LiteRT on this host, {threads} thread(s), median of single invokes"
+    if objective is Objective.LATENCY:
+        # Timed in different jobs (maybe at once, on a busy host), latencies do not compare:
+        # the eligible candidates are timed again here, side by side, before the choice.
+        tried = _side_by_side(tried, kept, data.x_val, threads)
+        latency_method += (
+            "; candidates within the bound and budgets timed side by side in one process "
+            "(interleaved rounds): a host figure that ranks them, not the device's latency"
+        )
     in_order = [c for _, c in tried]
-    chosen, met = choose(in_order, max_accuracy_drop)
+    chosen, met = choose(in_order, max_accuracy_drop, objective)
     order = next(o for o, c in tried if c is chosen)
     measurement, model_bytes = kept[order]
     chosen = dataclasses.replace(chosen, measurement=measurement)
@@ -468,6 +652,8 @@ def run_search(
         max_accuracy_drop=max_accuracy_drop,
         candidates=slim,
         executor=executor.name,
+        objective=objective,
+        latency_method=latency_method,
     )
 
 
@@ -528,7 +714,8 @@ def _candidate(
 class _Progress:
     """Candidates done of total, with the best so far: a bar on a terminal, a log line each."""
 
-    def __init__(self, *, total: int, log: Log) -> None:
+    def __init__(self, *, total: int, log: Log, objective: Objective) -> None:
+        self.objective = objective
         self.total = total
         self.count = 0
         self.log = log
@@ -556,7 +743,10 @@ class _Progress:
 
     def done(self, c: Candidate) -> None:
         self.count += 1
-        if c.ok and (self.best is None or _size_key(c) < _size_key(self.best)):
+        if c.ok and (
+            self.best is None
+            or candidate_key(c, self.objective) < candidate_key(self.best, self.objective)
+        ):
             self.best = c
         if c.measurement is None:
             what = f"failed: {c.error}"

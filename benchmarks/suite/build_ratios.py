@@ -15,8 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,24 +26,9 @@ def steady_median_ms(
     models: dict[str, bytes], x: np.ndarray, threads: int, rounds: int = 15, per_round: int = 20
 ) -> dict[str, float]:
     """Median invoke time per model, interleaving the models round by round."""
-    from edgec.runtime import TFLiteModel
+    from edgec.evaluate import interleaved_latency_ms
 
-    loaded = {}
-    for name, content in models.items():
-        m = TFLiteModel(content, threads=threads, batch=1)
-        idx = m.interpreter.get_input_details()[0]["index"]
-        m.interpreter.set_tensor(idx, m.quantize_input(x[:1]))
-        for _ in range(5):  # warm-up, discarded
-            m.interpreter.invoke()
-        loaded[name] = m
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, m in loaded.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                m.interpreter.invoke()
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    return interleaved_latency_ms(models, x, threads=threads, rounds=rounds, per_round=per_round)
 
 
 def measure(name: str, model, data, threads: int) -> dict:
