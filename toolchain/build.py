@@ -45,7 +45,7 @@ from edgec.budgets import (
 )
 from edgec.convert import ConvertOptions, conversion_facts, convert
 from edgec.data import DEMO, Dataset, load_dataset
-from edgec.errors import EdgecError, InputError, UnsupportedModelError, UsageError
+from edgec.errors import ConversionError, EdgecError, InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.files import sha256_bytes, sha256_path
 from edgec.loaders import LoadedModel, load_model
@@ -118,6 +118,9 @@ class BuildRequest:
     replay: Path | None = None  # a manifest.json: rebuild exactly what it records
     # Set from a replayed manifest: the recipe that ran (before the search's steps).
     recipe_steps: tuple[dict[str, Any], ...] | None = None
+    # Set from a replayed manifest: its search section; the chosen candidate is run again as
+    # the same job instead of searching again (a choice by host latency would not repeat).
+    search_choice: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -293,6 +296,7 @@ def _replay_request(req: BuildRequest, m: Manifest) -> tuple[BuildRequest, list[
         recipe=None,
         overrides=(),
         recipe_steps=tuple(r.recipe),
+        search_choice=None if m.search is None else m.search.to_dict(),
         search=r.search,
         max_accuracy_drop=r.max_accuracy_drop,
         calibration_size=r.calibration_size,
@@ -701,6 +705,8 @@ def _search(ctx: TargetContext, done: Compression) -> Compression:
     options = convert_options(
         profile, profile.quantization, **({"int4_layers": ()} if per_layer else {})
     )
+    if req.search_choice is not None:
+        return _replayed_choice(ctx, done, options, req.search_choice)
 
     def fits_budgets(m: Measurement) -> bool:
         # Flash of a microcontroller is the model plus TFLM's code for the ops it uses.
@@ -750,6 +756,56 @@ def _search(ctx: TargetContext, done: Compression) -> Compression:
         passes=done.passes + list(chosen.records),
         search={**result.to_dict(), "chosen_sha256": sha256_bytes(content)},
         search_met=result.met,
+        content=content,
+    )
+
+
+def _replayed_choice(
+    ctx: TargetContext, done: Compression, options: ConvertOptions, recorded: dict[str, Any]
+) -> Compression:
+    """``--from-manifest`` of a searched artifact: its chosen candidate, run as the same job.
+
+    The search's job function (seeded, one BLAS thread, fresh Keras name counters) on the
+    same input gives the same bytes in any process; searching again would not, since the
+    objective may rank by host latency, which differs from run to run.
+    """
+    from edgec.recipe import steps_from_tables
+    from edgec.search import (
+        CandidateJob,
+        SearchShared,
+        keras_from_bytes,
+        keras_to_bytes,
+        run_candidate,
+    )
+
+    req, profile = ctx.req, ctx.profile
+    where = f"--from-manifest {req.replay}"
+    steps = steps_from_tables(list(recorded.get("chosen_passes") or []), where)
+    shared = SearchShared(
+        model=keras_to_bytes(done.source),
+        data=ctx.data,
+        options=options,
+        calibration=ctx.calibration,
+        profile=profile,
+        seed=req.seed,
+        epochs_scale=req.epochs_scale,
+        threads=profile.threads,
+        objective=profile.objective,
+    )
+    label = str(recorded.get("chosen", "replayed"))
+    outcome = run_candidate(shared, CandidateJob(label=label, steps=steps))
+    if outcome.measurement is None or outcome.measurement.content is None:
+        raise ConversionError(
+            f"{where}: the search's choice {label!r} failed again: {outcome.error}"
+        )
+    content = outcome.measurement.content
+    ctx.log(f"[{profile.name}] replayed the search's choice {label!r} (not searched again)")
+    return Compression(
+        source=done.source if outcome.model is None else keras_from_bytes(outcome.model),
+        recipe=done.recipe + [s.resolved() for s in steps],
+        passes=done.passes + list(outcome.records),
+        search={**recorded, "chosen_sha256": sha256_bytes(content)},
+        search_met=bool(recorded.get("met", True)),
         content=content,
     )
 
