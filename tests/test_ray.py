@@ -157,7 +157,11 @@ def _measured(table):
     timing = ("seconds", "host_latency_ms")
     return [
         {
-            k: ({f: x for f, x in v.items() if f not in timing} if k == "objective_figures" else v)
+            k: (
+                {f: x for f, x in v.items() if f not in timing}
+                if k == "objective_figures" and v
+                else v
+            )
             for k, v in r.items()
             if k not in timing
         }
