@@ -12,14 +12,13 @@ and the accuracy drop on the validation split.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from common import host_facts, write_result
 
 
 def steady_median_ms(
@@ -102,6 +101,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mobilenet-epochs", type=int, default=8)
     args = parser.parse_args()
+    host = host_facts()
 
     from edgec.data import demo_dataset
     from edgec.demo import train_demo_model
@@ -114,16 +114,10 @@ def main() -> None:
         "benchmark": "build_ratios",
         "method": "LiteRT on this host, batch 1, 5 warm-up invokes discarded, 15 interleaved rounds "
         "of 20 invokes per model; medians. Accuracy on the digits validation split.",
-        "host": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "host": host,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload)
 
 
 if __name__ == "__main__":

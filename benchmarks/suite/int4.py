@@ -13,10 +13,10 @@ arena), and TFLM's agreement with LiteRT.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 from pathlib import Path
+
+from common import host_facts, write_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int4.json"))
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01)
     args = parser.parse_args()
+    host = host_facts()
 
     from edgec.data import demo_dataset
     from edgec.demo import train_demo_model
@@ -128,16 +129,10 @@ def main() -> None:
         "method": "bytes of each .tflite; accuracy through LiteRT on this host on the digits "
         "validation split; arena measured by the TFLM interpreter (tflite-micro) on this "
         "64-bit host for cortex-m4, int8 I/O, per-tensor dense weights",
-        "host": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "host": host,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    write_result(args.out, payload)
 
 
 if __name__ == "__main__":

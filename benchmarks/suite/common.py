@@ -1,0 +1,39 @@
+"""What every benchmark in this folder shares: the facts of the host it ran on, and its JSON.
+
+Each script here is run as ``python benchmarks/suite/NAME.py`` (so this folder is
+on ``sys.path``) and ends with ``write_result(out, payload)``. The payload's
+``host`` block says what measured the figures: machine, cores, Python, the load
+average before and after (these machines are shared, so a ratio measured side by
+side is the figure to read, never an absolute time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def host_facts() -> dict[str, Any]:
+    """The host the benchmark ran on; call it when the run starts, so the load is the start's."""
+    return {
+        "where": "host",
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def write_result(out: Path, payload: dict[str, Any], *, show: Any = None) -> None:
+    """Write ``payload`` as JSON to ``out`` (adding the load at the end) and print ``show`` or it."""
+    host = payload.setdefault("host", host_facts())
+    host["load_1min_at_end"] = round(os.getloadavg()[0], 2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(payload if show is None else show, indent=2))
+    print(f"wrote {out}")
