@@ -26,7 +26,7 @@ import keras
 import ray
 import ray.cloudpickle
 
-from edgec.batch import BuildJob, load_batch, run_batch, run_build_job
+from edgec.batch import BatchFailed, BuildJob, load_batch, run_batch, run_build_job
 from edgec.data import demo_dataset
 from edgec.errors import InputError, RecipeError, UsageError
 from edgec.executor_ray import RayExecutor
@@ -41,7 +41,7 @@ BATCH = """\
 [defaults]
 data = "d.npz"
 targets = ["rpi4", "cortex-m4"]
-epochs_scale = 0.1
+epochs_scale = 0.3
 
 [[build]]
 model = "models/mlp.keras"
@@ -212,6 +212,6 @@ def test_ray_batch_equals_the_local_batch_and_a_dead_worker_is_one_row(
         files / "out-local/mlp/rpi4/model.tflite"
     ).read_bytes()
     assert any(line.startswith("batch 4/4: ") for line in lines)
-    with pytest.raises(Exception, match=r"batch: 2 of 4 builds failed") as caught:
+    with pytest.raises(BatchFailed, match=r"batch: 2 of 4 builds failed") as caught:
         result.check()
     assert caught.value.exit_code == 4  # the first failed build's, in the file's order

@@ -238,10 +238,9 @@ def _edgec(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.Completed
 
 
 def test_cli_search_with_executor_ray_prints_the_same_choice_as_local(cluster, files):
-    # rpi4 ranks by host latency, timed anew in each run, so two runs may order near-equal
-    # candidates differently; on-device bytes are measured, so the choice must be the same.
-    common = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "--objective", "bytes"]
-    common.append("--json")
+    # rpi4's own objective, host latency, timed anew in each run: latencies within the
+    # objective's noise margin of the fastest tie and bytes decides, so the choice repeats.
+    common = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "--json"]
     local = _edgec(*common, "-o", "out-local", "--executor", "local", cwd=files)
     distributed = _edgec(
         *common, "-o", "out-ray", "--executor", "ray", "--ray-address", cluster, cwd=files
