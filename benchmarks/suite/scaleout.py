@@ -299,7 +299,7 @@ def main() -> None:
 
     if "search" in parts:
         local = found["search"]["local"]
-        for name, result in found["search"].items():
+        for _name, result in found["search"].items():
             assert [r["accuracy"] for r in result.table] == [r["accuracy"] for r in local.table]
         job_seconds = [row["seconds"] for row in local.table]
         choices = {k: v.chosen.label for k, v in found["search"].items()}
