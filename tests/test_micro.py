@@ -246,7 +246,7 @@ def test_cost_table_is_data_checked_strictly(tmp_path):
     assert table.file == "targets/costs/tflm-cortex-m.toml"
     assert table.kernels["CONV_2D"] > table.kernels["RESHAPE"] > 0
     good = (
-        'description = "d"\nsource = "s"\n[runtime]\nbase_code_bytes = 1\n'
+        'description = "d"\nsource = "s"\narches = ["armv7e-m"]\n[runtime]\nbase_code_bytes = 1\n'
         "default_kernel_code_bytes = 2\ncode_margin = 0.5\nuncertainty = 0.25\n[ram]\ninterpreter_bytes = 3\nresolver_bytes_per_op = 4\n"
     )
     (tmp_path / "ok.toml").write_text(good + "[kernels]\nCONV_2D = 5\n")
@@ -258,6 +258,10 @@ def test_cost_table_is_data_checked_strictly(tmp_path):
         "typo.toml": (good + "[kernels]\nCONV2D = 5\n", r"'kernels.CONV2D' is not an op TFLM"),
         "neg.toml": (good + "[kernels]\nADD = -1\n", r"'kernels.ADD' = -1 must be a whole number"),
         "key.toml": ("margn = 1\n" + good, r"unknown key .margn."),
+        "arch.toml": (
+            good.replace('arches = ["armv7e-m"]', "arches = []"),
+            r"'arches' must be a list",
+        ),
         "sub.toml": (
             good.replace("base_code", "basecode"),
             r"unknown key 'runtime.basecode_bytes'",
@@ -267,6 +271,15 @@ def test_cost_table_is_data_checked_strictly(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ProfileError, match=msg):
             load_cost_table(tmp_path / name)
+
+
+def test_flash_estimate_says_when_its_table_is_a_stand_in_for_another_core(int8_model, report):
+    # cortex-m4 is one of the cores the table was derived for; ESP32-S3's Xtensa is not.
+    stand_in = "no TFLM cost table exists for xtensa-lx7"
+    assert not any(stand_in in n for n in report.notes)
+    esp = fit_report(int8_model, load_profile("esp32-s3"), trusted=True)
+    assert any(stand_in in n and "tflm-cortex-m.toml" in n for n in esp.notes)
+    assert esp.flash_bytes == report.flash_bytes  # the same table, so the same estimate
 
 
 def test_too_big_for_the_board_is_a_budget_error_before_tflm_runs(int8_model, report, tmp_path):

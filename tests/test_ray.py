@@ -1,6 +1,7 @@
-"""The Ray executor against a real Ray cluster this module starts on 127.0.0.1.
+"""The Ray executor against a real Ray cluster started on 127.0.0.1.
 
-One cluster for the module (``ray start --head``, 2 CPUs, a small object store),
+One cluster for the session (``ray start --head``, 2 CPUs, a small object store:
+``tests/raycluster.py``, shared with ``test_batch.py``),
 tiny models and few epochs: this machine has 2 cores. Workers are really
 killed (SIGKILL of their own pid), Ctrl-C is a real SIGINT, and the missing
 extra is Ray made unimportable in a child process.
@@ -11,23 +12,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from raycluster import free_port, head_cluster  # sets Ray's loopback env first
 
-# Keep every Ray address on the loopback interface (Ray otherwise swaps 127.0.0.1 for the
-# host's outward address); read when Ray is imported, and inherited by the CLI children.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-# A loopback test cluster needs no token; explicit, since `ray start` turns token auth on by
-# itself when an earlier local ray.init() left ~/.ray/auth_token behind.
-os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
@@ -48,43 +42,12 @@ from edgec.search import CandidateJob, Ladder, Rung, SearchShared, run_candidate
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 EDGEC = str(Path(sys.executable).with_name("edgec"))
-RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A real head node with 2 CPUs on 127.0.0.1; yields its address."""
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="edgec-ray-", dir="/tmp")  # short: Ray's socket paths
-    start = [
-        *RAY_CLI,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--num-gpus=0",
-        "--object-store-memory=200000000",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        # As the local clusters edgec starts: un-niced workers on this shared machine.
-        '--system-config={"worker_niceness": 0}',
-        f"--temp-dir={temp}",
-    ]
-    subprocess.run(start, check=True, capture_output=True, timeout=180)
-    address = f"127.0.0.1:{port}"
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    try:
-        yield address
-    finally:
-        ray.shutdown()
-        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True, timeout=120)
+def cluster(pytestconfig):
+    """The session's real head node with 2 CPUs on 127.0.0.1 (tests/raycluster.py)."""
+    return head_cluster(pytestconfig)
 
 
 @pytest.fixture(scope="module")
@@ -275,10 +238,9 @@ def _edgec(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.Completed
 
 
 def test_cli_search_with_executor_ray_prints_the_same_choice_as_local(cluster, files):
-    # rpi4 ranks by host latency, timed anew in each run, so two runs may order near-equal
-    # candidates differently; on-device bytes are measured, so the choice must be the same.
-    common = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "--objective", "bytes"]
-    common.append("--json")
+    # rpi4's own objective, host latency, timed anew in each run: latencies within the
+    # objective's noise margin of the fastest tie and bytes decides, so the choice repeats.
+    common = ["build", "m.keras", "-t", "rpi4", "-d", "d.npz", "--search", "--json"]
     local = _edgec(*common, "-o", "out-local", "--executor", "local", cwd=files)
     distributed = _edgec(
         *common, "-o", "out-ray", "--executor", "ray", "--ray-address", cluster, cwd=files
@@ -326,11 +288,17 @@ def test_cli_ctrl_c_during_a_ray_search_writes_nothing(cluster, files):
     assert _running_tasks("_call") == []
 
 
-def test_an_unreachable_address_is_one_line_and_exit_6(files):
-    port = _free_port()  # nothing listens there
+@pytest.mark.parametrize(
+    "command",
+    [("build", "m.keras", "-d", "d.npz", "--search"), ("batch", "builds.toml")],
+    ids=["build", "batch"],
+)
+def test_an_unreachable_address_is_one_line_and_exit_6(files, command):
+    (files / "builds.toml").write_text('[[build]]\nmodel = "m.keras"\ndata = "d.npz"\n')
+    port = free_port()  # nothing listens there
     run = _edgec(
-        "build", "m.keras", "-d", "d.npz", "--search", "--executor", "ray",
-        "--ray-address", f"127.0.0.1:{port}", cwd=files, timeout=120,
+        *command, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+        cwd=files, timeout=120,
     )  # fmt: skip
     assert run.returncode == 6
     assert run.stderr.strip().splitlines() == [

@@ -2,15 +2,16 @@
 
 Every model here is made in the test: legacy ones with tf-keras (the test extra
 installs it), others with Keras 3. The code-execution tests use a canary file
-that the model's Lambda would create when deserialised.
+that the model's Lambda would create when deserialised. The builds run the real
+click CLI in this process (``run_cli``), where TensorFlow is loaded once: what
+they check (the refusal's one line and exit code, the canary, the artifact) is
+the same in a fresh process, and a real process's stderr is checked by
+tests/test_bad_inputs.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,6 @@ import pytest
 
 from edgec.errors import InputError, UntrustedModelError
 from edgec.loaders import find_code, load_model
-
-EDGEC = str(Path(sys.executable).with_name("edgec"))
-
-
-def _edgec(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [EDGEC, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 def _payload(canary: Path) -> str:
@@ -50,19 +42,20 @@ def _lambda_h5(tmp_path: Path, canary: Path) -> Path:
     return path
 
 
-def test_lambda_h5_runs_no_code_without_trust_model(tmp_path):
+def test_lambda_h5_runs_no_code_without_trust_model(tmp_path, run_cli):
     canary = tmp_path / "CANARY"
     model = _lambda_h5(tmp_path, canary)
-    proc = _edgec("build", model, "-o", "out", cwd=tmp_path)
-    assert proc.returncode == 3, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("edgec: error: "), proc.stderr
+    out = tmp_path / "out"
+    code, _, err = run_cli("build", model, "-o", out)
+    assert code == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgec: error: "), err
     assert "Lambda layer" in lines[0] and "--trust-model" in lines[0]
     assert not canary.exists(), "the Lambda's code ran although the model was not trusted"
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
-    proc = _edgec("build", model, "-o", "out", "--trust-model", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli("build", model, "-o", out, "--trust-model")
+    assert code == 0, err
     assert canary.read_text() == "ran"  # trusted: Keras deserialised and ran the Lambda
     assert (tmp_path / "out" / "lambda" / "rpi4" / "model.tflite").is_file()
 
@@ -166,7 +159,7 @@ def _tfop_legacy_model(tmp_path: Path, digits) -> tuple[Path, object]:
     return path, model
 
 
-def test_tf_keras_fallback_builds_a_legacy_model_end_to_end(tmp_path, digits, digits_npz):
+def test_tf_keras_fallback_builds_a_legacy_model_end_to_end(tmp_path, digits, digits_npz, run_cli):
     import keras
 
     path, legacy = _tfop_legacy_model(tmp_path, digits)
@@ -175,8 +168,8 @@ def test_tf_keras_fallback_builds_a_legacy_model_end_to_end(tmp_path, digits, di
     loaded = load_model(path)
     assert loaded.loader.startswith("tf-keras") and loaded.keras is None  # repair did not help
 
-    proc = _edgec("build", path, "-t", "rpi4", "-d", digits_npz, "-o", "out", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli("build", path, "-t", "rpi4", "-d", digits_npz, "-o", tmp_path / "out")
+    assert code == 0, err
     art = tmp_path / "out" / "legacy_tfop" / "rpi4"
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"]["loader"].startswith("tf-keras")

@@ -91,6 +91,7 @@ __all__ = [
     "convert_options",
     "demo",
     "float_baseline",
+    "run_stages",
 ]
 
 
@@ -588,16 +589,24 @@ def build_target(
         write=write,
     )
     log(f"[{profile.name}] {profile.description}")
-    for name, stage in STAGES:
+    run_stages(ctx, STAGES)
+    assert ctx.result is not None
+    return ctx.result
+
+
+def run_stages(ctx: TargetContext, stages: tuple[Stage, ...]) -> None:
+    """Run ``stages`` on ``ctx``; a failing stage's error names the target and the stage.
+
+    A batch build (``edgec.batch``) runs all but ``write`` in a job and ``write`` here.
+    """
+    for name, stage in stages:
         try:
             stage(ctx)
         except EdgecError as exc:
-            prefix = f"build {profile.name}: stage {name!r} failed: "
+            prefix = f"build {ctx.profile.name}: stage {name!r} failed: "
             wrapped = type(exc).__new__(type(exc))
             EdgecError.__init__(wrapped, prefix + str(exc))
             raise wrapped from exc
-    assert ctx.result is not None
-    return ctx.result
 
 
 # --------------------------------------------------------------------------- compress

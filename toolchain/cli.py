@@ -233,6 +233,25 @@ _OUT = click.option(
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
+def _executor_option(what: str) -> Any:
+    return click.option(
+        "--executor",
+        type=click.Choice([k.value for k in ExecutorKind]),
+        default="local",
+        show_default=True,
+        help=f"{what}: this process, or a Ray cluster (pip install 'edgec[distributed]').",
+    )
+
+
+_RAY_ADDRESS = click.option(
+    "--ray-address",
+    envvar="EDGEC_RAY_ADDRESS",
+    metavar="ADDRESS",
+    help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default $EDGEC_RAY_ADDRESS); "
+    "none: start a local cluster.",
+)
+
+
 @main.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -291,21 +310,8 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     help="Use this quantization scheme instead of each target profile's (one build).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--executor",
-    type=click.Choice([k.value for k in ExecutorKind]),
-    default="local",
-    show_default=True,
-    help="Where the search's candidates run: this process, or a Ray cluster "
-    "(pip install 'edgec[distributed]').",
-)
-@click.option(
-    "--ray-address",
-    envvar="EDGEC_RAY_ADDRESS",
-    metavar="ADDRESS",
-    help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default $EDGEC_RAY_ADDRESS); "
-    "none: start a local cluster.",
-)
+@_executor_option("Where the search's candidates run")
+@_RAY_ADDRESS
 @click.option(
     "--firmware-elf",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -390,6 +396,52 @@ def build(
             )
             result = build_mod.build(request, log=_log)
     _finish_build(result, as_json)
+
+
+@main.command()
+@click.argument("batch_file", metavar="BATCH_FILE", type=click.Path(path_type=Path))
+@_OUT
+@_executor_option("Where the builds run, one (model, target) per job")
+@_RAY_ADDRESS
+@_JSON
+def batch(
+    batch_file: Path, out: Path, executor: str, ray_address: str | None, as_json: bool
+) -> None:
+    """Build every model x target that BATCH_FILE (TOML, [[build]] tables) lists.
+
+    Each (model, target) is one job, in this process or on a Ray cluster; the
+    artifacts are written here, atomically. A build that fails is a row with its
+    reason and the others are still written; the exit code is then the first
+    failed build's.
+    """
+    from edgec.batch import load_batch, run_batch
+    from edgec.executor import open_executor
+
+    with _json_errors(as_json):
+        builds = load_batch(batch_file, out=out)  # every key, path and target, before any work
+        if executor == ExecutorKind.RAY:
+            from edgec.executor_ray import preflight
+
+            preflight(ray_address)
+        with open_executor(executor, ray_address) as ex:
+            result = run_batch(builds, executor=ex, log=_log)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(f"\n{'model/target':<32} {'bytes':>10} {'accuracy':>9} {'drop':>8}  status")
+        for row in result.rows:
+            metrics = row.artifacts[0]["metrics"] if row.artifacts else {}
+            size = f"{row.artifacts[0]['bytes']:,}" if row.artifacts else ""
+            acc, drop = metrics.get("accuracy"), metrics.get("accuracy_drop")
+            status = "ok" if row.ok else f"FAILED: {row.message}"
+            click.echo(
+                f"{row.label:<32} {size:>10} "
+                f"{'' if acc is None else f'{100 * acc:.2f}%':>9} "
+                f"{'' if drop is None else f'{100 * drop:+.2f}pt':>8}  {status}"
+            )
+        if result.ok:
+            click.echo(result.summary(), err=True)
+    result.check()  # the summary, as the error line, when a build failed
 
 
 @main.command()

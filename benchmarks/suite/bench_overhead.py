@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -50,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # the sshd helper the tests use
 
+from common import host_facts, write_result  # noqa: E402
 from sshd import ClientKeys, Sshd  # noqa: E402
 
 
@@ -329,6 +329,7 @@ def main() -> None:
         help="CPU cap per loopback device in the capped fleet variant (cores)",
     )
     args = ap.parse_args()
+    host = host_facts()
     rounds = 2 if args.quick else args.rounds
     # A plain kill must still stop the sshds and remove the cgroups (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -446,11 +447,7 @@ def main() -> None:
 
     result = {
         "benchmark": "bench_overhead",
-        "machine": {
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "host": host,
         "harness_vs_litert_tool": fid,
         "ssh_vs_local": ssh,
         "runtime_auto_vs_named": auto_cost,
@@ -466,9 +463,7 @@ def main() -> None:
         "fleet_judged_on": "fleet_4_vs_1_capped" if "ok" in capped else "fleet_4_vs_1",
         "ok": all(f["ok"] for f in fid) and ssh["ok"] and capped.get("ok", fleet["ok"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
+    write_result(args.out, result, show={k: v for k, v in result.items() if k != "host"})
 
 
 if __name__ == "__main__":

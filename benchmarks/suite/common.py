@@ -15,7 +15,16 @@ import platform
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def mlperf_dir() -> Path:
+    """``shared/models/mlperf-tiny`` beside the checkout or beside a folder above it (worktrees)."""
+    for parent in REPO.parents:
+        if (parent / "shared/models/mlperf-tiny").is_dir():
+            return parent / "shared/models/mlperf-tiny"
+    return REPO.parent / "shared/models/mlperf-tiny"
 
 
 def host_facts() -> dict[str, Any]:

@@ -21,9 +21,7 @@ Usage: python benchmarks/suite/emulated.py [--out FILE] [--rounds N] [--count N]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -32,15 +30,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent.parent / "shared" / "models" / "mlperf-tiny"
+
+from common import host_facts, mlperf_dir, write_result  # noqa: E402
+
 MODELS = {"resnet8": "pretrainedResnet_quant.tflite", "ds_cnn": "kws_ref_model.tflite"}
 
 
 def shared_models() -> Path:
-    for base in (SHARED, REPO.parent / "shared" / "models" / "mlperf-tiny"):
-        if (base / MODELS["resnet8"]).is_file():
-            return base
-    sys.exit(f"the MLPerf Tiny models are not in {SHARED}")
+    base = mlperf_dir()
+    if not (base / MODELS["resnet8"]).is_file():
+        sys.exit(f"the MLPerf Tiny models are not in {base}")
+    return base
 
 
 def bench_once(model: Path, device: str, *, runs: int, count: int) -> dict:
@@ -83,7 +83,7 @@ def main() -> None:
     doc: dict = {
         "what": "emulated rpi4 (qemu-aarch64-static -cpu cortex-a72, Debian arm64, "
         "ai-edge-litert) vs this host: output agreement and harness overhead",
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        "host": host_facts(),
         "board": {k: board.rootfs[k] for k in ("suite", "python", "glibc", "packages")},
         "method": {
             "rounds": args.rounds,
@@ -146,8 +146,7 @@ def main() -> None:
                     for r in rounds
                 ],
             }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    write_result(args.out, doc, show=doc["models"])
     for name, m in doc["models"].items():
         a, o = m["agreement"], m["overhead_emulated_over_local"]
         print(

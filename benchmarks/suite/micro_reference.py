@@ -26,9 +26,7 @@ rows spread over the reference artifact's input range, and the JSON says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,8 +35,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from common import host_facts, mlperf_dir, write_result
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 MODELS = {
     "resnet8": {
         "source": "pretrainedResnet.h5",
@@ -278,12 +279,13 @@ def estimate_vs_link(resnet8: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mlperf", nargs="?", default=str(REPO.parent / "shared/models/mlperf-tiny"))
+    ap.add_argument("mlperf", nargs="?", default=str(mlperf_dir()))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/micro_reference.json"))
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=20, help="timed invoke pairs per round")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    host = host_facts()
     folder = Path(args.mlperf)
     if not folder.is_dir():
         raise SystemExit(f"mlperf folder {folder} does not exist")
@@ -319,11 +321,10 @@ def main() -> None:
         and resnet_fit["cortex-m4"]["fits"]
         and "BudgetError" in (resnet_fit["cortex-m4 with ram_bytes = 32768"]["refused_with"] or "")
         and link["estimate_covers_link_flash"],
-        "versions": {"tflm": _tflm_version(), "python": platform.python_version()},
+        "versions": {"tflm": _tflm_version()},
+        "host": host,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(Path(args.out), result, show=result["targets_met"])
     for n, m in models.items():
         print(
             f"{n}: kept {m['kept']}: {m['ours']['bytes']:,} B (ref {m['reference']['bytes']:,}), "
@@ -336,7 +337,7 @@ def main() -> None:
         f"{link['link_flash_bytes']:,} B ({link['estimate_over_link_flash']:.3f}x); host arena "
         f"over device arena_used {link['host_arena_over_device_arena_used']:.3f}"
     )
-    print(f"targets met: {result['targets_met']}; wrote {out}")
+    print(f"targets met: {result['targets_met']}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from edgec.profiles import Profile
 from edgec.profiles import _read_toml as read_toml  # one TOML reader for target data
 
 DEFAULT_TABLE = "tflm-cortex-m"
-_TOP_KEYS = {"description", "source", "runtime", "ram", "kernels"}
+_TOP_KEYS = {"description", "source", "arches", "runtime", "ram", "kernels"}
 _RUNTIME_KEYS = {"base_code_bytes", "default_kernel_code_bytes", "code_margin", "uncertainty"}
 _FRACTIONS = {"code_margin", "uncertainty"}  # 0..1, not bytes
 _RAM_KEYS = {"interpreter_bytes", "resolver_bytes_per_op"}
@@ -39,6 +39,7 @@ class CostTable:
     file: str  # where it was loaded from, for messages
     description: str
     source: str  # where the figures come from
+    arches: tuple[str, ...]  # the profile ``arch`` values the figures were derived for
     base_code_bytes: int  # MicroInterpreter, allocator, planner, flatbuffer access, libc
     default_kernel_code_bytes: int  # an op the table does not list
     code_margin: float  # added to base + kernels: the table is calibrated on one link only
@@ -102,6 +103,11 @@ def parse_cost_table(name: str, raw: dict[str, Any], file: str) -> CostTable:
     for key in ("description", "source"):
         if not isinstance(raw.get(key), str):
             raise ProfileError(f"{file}: key {key!r} must be a string")
+    arches = raw.get("arches")
+    if not isinstance(arches, list) or not arches or not all(isinstance(a, str) for a in arches):
+        raise ProfileError(
+            f"{file}: key 'arches' must be a list of the profile arch names the table is for"
+        )
     runtime = _table(file, raw, "runtime", _RUNTIME_KEYS)
     ram = _table(file, raw, "ram", _RAM_KEYS)
     kernels = raw.get("kernels", {})
@@ -119,6 +125,7 @@ def parse_cost_table(name: str, raw: dict[str, Any], file: str) -> CostTable:
         file=file,
         description=raw["description"],
         source=raw["source"],
+        arches=tuple(arches),
         base_code_bytes=runtime["base_code_bytes"],
         default_kernel_code_bytes=runtime["default_kernel_code_bytes"],
         code_margin=runtime["code_margin"],

@@ -731,6 +731,12 @@ def _report(
             f"+{table.code_margin:.0%} margin); give --firmware-elf FW.elf (your linked firmware) "
             "or set [micro] runtime_code_bytes from your linker map"
         )
+        if profile.arch not in table.arches:
+            notes.append(
+                f"no TFLM cost table exists for {profile.arch}: the flash estimate uses "
+                f"{table.file} ({', '.join(table.arches)}) as a stand-in, and its "
+                f"±{table.uncertainty:.0%} does not cover another instruction set and its kernels"
+            )
     if run.crashed_arenas:
         notes.append(
             f"TFLM crashed (segfault) instead of failing cleanly in an arena of "

@@ -1,0 +1,65 @@
+"""One real Ray head node on 127.0.0.1 for the whole test session, shared by the Ray tests.
+
+``ray start --head`` (2 CPUs, a small object store, un-niced workers) starts on first
+use, this process joins it once, and both stop when the session ends
+(``config.add_cleanup``). Staying joined keeps the workers, which import TensorFlow
+once each, warm from one test module to the next.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from sshd import free_port
+
+# Keep every Ray address on the loopback interface (Ray otherwise swaps 127.0.0.1 for the
+# host's outward address); read when Ray is imported, and inherited by the CLI children.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# A loopback test cluster needs no token; explicit, since `ray start` turns token auth on by
+# itself when an earlier local ray.init() left ~/.ray/auth_token behind.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+_ADDRESS: list[str] = []
+
+__all__ = ["RAY_CLI", "free_port", "head_cluster"]
+
+
+def head_cluster(config: Any) -> str:
+    """The session's head node address (``host:port``), started and joined on first use."""
+    if _ADDRESS:
+        return _ADDRESS[0]
+    import ray
+
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="edgec-ray-", dir="/tmp")  # short: Ray's socket paths
+    start = [
+        *RAY_CLI,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--object-store-memory=200000000",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        # As the local clusters edgec starts: un-niced workers on this shared machine.
+        '--system-config={"worker_niceness": 0}',
+        f"--temp-dir={temp}",
+    ]
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    address = f"127.0.0.1:{port}"
+
+    def stop() -> None:
+        ray.shutdown()
+        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True, timeout=120)
+
+    config.add_cleanup(stop)
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    _ADDRESS.append(address)
+    return address
