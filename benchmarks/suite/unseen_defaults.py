@@ -222,19 +222,21 @@ def measure(*, threads: int = 1, quick: bool = False) -> dict[str, Any]:
 
 
 def code_version() -> str:
-    """The commit this run's code came from (+ "-dirty" with uncommitted changes)."""
+    """The commit this run's code came from, + "-dirty" if code (not results) is uncommitted."""
     import subprocess
 
     here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True)
+
     try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = git("diff", "--quiet", "HEAD", "--", ".", ":(top,exclude)benchmarks/results")
+        return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
+    except OSError:
         return "unknown"
 
 
