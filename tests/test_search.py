@@ -17,6 +17,7 @@ import keras
 from edgec.convert import ConvertOptions
 from edgec.data import Dataset, demo_dataset
 from edgec.executor import LocalExecutor
+from edgec.objective import Objective
 from edgec.passes.common import accuracy
 from edgec.pipeline import count_params
 from edgec.profiles import Quantization
@@ -45,6 +46,7 @@ ROW_KEYS = {
     "host_latency_ms",
     "host_latency_timing",
     "arena_bytes",
+    "arena_required_bytes",
     "objective_figures",
     "fits_budgets",
     "ok",
@@ -262,3 +264,98 @@ def test_default_ladder_steps_strength_up() -> None:
             rung.steps[0].make_params()  # every rung is a valid recipe step
             for step in rung.warm or ():
                 step.make_params()
+    # qat is the ladder's last candidate (it must end a recipe); a student is only a base.
+    ladder = default_ladder()
+    assert ladder.qat is not None and ladder.qat.id == "qat"
+    ladder.qat.make_params()
+    assert all(r.on_top is (r.steps[0].id != "distill") for f in families for r in f)
+
+
+JOBS: list[CandidateJob] = []
+
+
+def _recording(shared: SearchShared, job: CandidateJob):
+    """The real job, noting what it was asked to run."""
+    JOBS.append(job)
+    return run_candidate(shared, job)
+
+
+def test_families_stack_greedily_from_the_best_single_rung_without_rerunning_a_pass(
+    model, digits
+) -> None:
+    # Bytes rank: only the narrower student and low-rank shrink the artifact, so one of
+    # them is the base; pruning and clustering leave the bytes alone and stack on top.
+    ladder = _ladder(
+        (("distill width 0.5", "distill", {"width": 0.5, "epochs": 2}),),
+        (("lowrank 50%", "lowrank", {"param_fraction": 0.5, "epochs": 0}),),
+        (("prune 50%", "prune", {"final_sparsity": 0.5, "epochs": 0}),),
+    )
+    JOBS.clear()
+    # Two epochs of distillation lose ~15 pt here: a loose bound keeps the test short.
+    result = _run(model, digits, ladder, 0.25, objective=Objective.BYTES, job_fn=_recording)
+    rows = {r["label"]: r for r in result.table}
+    singles = ["distill width 0.5", "lowrank 50%", "prune 50%"]
+    assert all(rows[s]["ok"] for s in singles)
+    ranked = sorted(singles, key=lambda s: (rows[s]["bytes"], rows[s]["accuracy_drop"]))
+    assert ranked[0] == "distill width 0.5"  # the smallest artifact: the base
+    stacked = [r["label"] for r in result.table if r["label"] not in ("plain", *singles)]
+    # One candidate per other family, best single first, each added to the last
+    # combination that stayed within the bound; a combination runs in ladder order.
+    order = {s: i for i, s in enumerate(singles)}
+    expected, combo = [], [ranked[0]]
+    for family in ranked[1:]:
+        label = " + ".join(sorted([*combo, family], key=order.get))
+        expected.append(label)
+        if rows[label]["ok"]:
+            combo = sorted([*combo, family], key=order.get)
+    assert stacked == expected
+    assert len(combo) >= 2  # something stacked within the bound
+    # Every stacked job started from a measured model and ran only what it added: the
+    # student is never distilled again, and no job repeats a pass its start already holds.
+    for job in JOBS:
+        if " + " in job.label:
+            assert job.start is not None and job.done >= 1
+            assert "distill" not in [s.id for s in job.steps[job.done :]]
+    # The combination, as the manifest replays it from the input: the same artifact, cold.
+    full = next(c for c in result.candidates if c.label == " + ".join(combo))
+    ids = [rows[label]["passes"][0]["id"] for label in combo]
+    assert [s.id for s in full.steps] == ids and [r["id"] for r in full.records] == ids
+    cold = run_candidate(
+        SearchShared(
+            model=keras_to_bytes(model),
+            data=digits,
+            options=OPTIONS,
+            calibration=digits.calibration(100),
+        ),
+        CandidateJob(label="cold", steps=full.steps),
+    )
+    assert cold.measurement.bytes == full.measurement.bytes
+    assert cold.measurement.accuracy == full.measurement.accuracy
+
+
+def _fails_first_stack(shared: SearchShared, job: CandidateJob):
+    if " + " in job.label and not any(" + " in j.label for j in JOBS):
+        JOBS.append(job)
+        raise RuntimeError("this combination is out of the bound")
+    return _recording(shared, job)
+
+
+def test_a_family_that_takes_the_combination_out_of_the_bound_is_left_out(model, digits) -> None:
+    ladder = _ladder(
+        (("lowrank 50%", "lowrank", {"param_fraction": 0.5, "epochs": 0}),),
+        (("prune 50%", "prune", {"final_sparsity": 0.5, "epochs": 0}),),
+        (("cluster k=16", "cluster", {"k": 16, "epochs": 0}),),
+    )
+    JOBS.clear()
+    result = _run(model, digits, ladder, 0.1, objective=Objective.BYTES, job_fn=_fails_first_stack)
+    labels = [r["label"] for r in result.table]
+    rows = {r["label"]: r for r in result.table}
+    # Low-rank alone shrinks the bytes: it is the base. The first family added fails, so
+    # it is left out and the next one is added to low-rank alone.
+    first, second = sorted(
+        ["prune 50%", "cluster k=16"], key=lambda s: (rows[s]["bytes"], rows[s]["accuracy_drop"])
+    )
+    assert labels[4:] == [f"lowrank 50% + {first}", f"lowrank 50% + {second}"]
+    assert rows[f"lowrank 50% + {first}"]["bytes"] is None
+    after = next(j for j in JOBS if j.label == f"lowrank 50% + {second}")
+    assert [s.id for s in after.steps] == ["lowrank", second.split()[0]] and after.done == 1
