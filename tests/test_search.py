@@ -359,3 +359,86 @@ def test_a_family_that_takes_the_combination_out_of_the_bound_is_left_out(model,
     assert rows[f"lowrank 50% + {first}"]["bytes"] is None
     after = next(j for j in JOBS if j.label == f"lowrank 50% + {second}")
     assert [s.id for s in after.steps] == ["lowrank", second.split()[0]] and after.done == 1
+
+
+def test_a_microcontroller_ram_budget_rules_out_candidates_during_the_search(
+    tmp_path, monkeypatch
+) -> None:
+    """A cortex-m4 with little RAM: the smallest artifact keeps the big activations, so the
+    search must judge each candidate's RAM (TFLM's arena + interpreter objects), not flash."""
+    import edgec.search
+    from edgec.build import BuildRequest, build, convert_options
+    from edgec.micro import fit_report
+    from edgec.profiles import load_profile
+
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 16, 16, 4), dtype=np.float32)
+    y = rng.integers(0, 10, 96)
+    np.savez(tmp_path / "d.npz", x_train=x[:64], y_train=y[:64], x_val=x[64:], y_val=y[64:])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 4)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="c1"),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="c2"),
+            keras.layers.MaxPooling2D(4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu", name="d1"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
+        name="m",
+    )
+    model.save(tmp_path / "m.keras")
+    # Narrow convs halve the activations (RAM); a low-rank dense cuts the most bytes.
+    rungs = {
+        "narrow convs": Step(
+            id="prune-channels", params={"sparsity": 0.5, "exclude": ["d1"], "epochs": 0}
+        ),
+        "low-rank dense": Step(
+            id="lowrank", params={"param_fraction": 0.1, "exclude": ["c1", "c2"], "epochs": 0}
+        ),
+    }
+    ladder = Ladder(
+        families=tuple((Rung(label=k, steps=(s,)),) for k, s in rungs.items()), combine=False
+    )
+    monkeypatch.setattr(edgec.search, "default_ladder", lambda: ladder)
+    # Each candidate's RAM as the fit report (and so the build's budget check) counts it.
+    m4 = load_profile("cortex-m4")
+    shared = SearchShared(
+        model=keras_to_bytes(model),
+        data=Dataset(x_train=x[:64], y_train=y[:64], x_val=x[64:], y_val=y[64:], source="s"),
+        options=convert_options(m4, m4.quantization),
+        calibration=x[:32],
+    )
+    ram, size = {}, {}
+    for label, steps in (("plain", ()), *((k, (s,)) for k, s in rungs.items())):
+        content = run_candidate(shared, CandidateJob(label=label, steps=steps)).measurement.content
+        ram[label] = fit_report(content, m4, x[64:72]).ram_bytes
+        size[label] = len(content)
+    assert size["low-rank dense"] < size["narrow convs"] < size["plain"]
+    assert ram["narrow convs"] < min(ram["plain"], ram["low-rank dense"])
+    limit = (ram["narrow convs"] + min(ram["plain"], ram["low-rank dense"])) // 2
+    tight = tmp_path / "tight-m4.toml"
+    tight.write_text(f'extends = "cortex-m4"\n\n[budgets]\nram_bytes = {limit}\n')
+    result = build(
+        BuildRequest(
+            model=tmp_path / "m.keras",
+            targets=(str(tight),),
+            data=str(tmp_path / "d.npz"),
+            out=tmp_path / "out",
+            search=True,
+            max_accuracy_drop=1.0,  # random labels: the budgets alone decide
+        )
+    )
+    manifest = result.targets[0].manifest.to_dict()
+    rows = {r["label"]: r for r in manifest["search"]["candidates"]}
+    # Ranked by bytes alone low-rank would win; its RAM is over the budget, so it is out.
+    assert rows["low-rank dense"]["fits_budgets"] is False
+    assert rows["plain"]["fits_budgets"] is False
+    assert rows["narrow convs"]["fits_budgets"] is True
+    assert rows["narrow convs"]["arena_required_bytes"] >= rows["narrow convs"]["arena_bytes"]
+    assert manifest["search"]["chosen"] == "narrow convs" and manifest["search"]["met"]
+    # The build's own RAM check on the shipped artifact agrees: it fits.
+    assert result.ok
+    checks = {c["name"]: c for c in manifest["budgets"]["checks"]}
+    assert checks["ram_bytes"]["ok"] and checks["ram_bytes"]["value"] == ram["narrow convs"]
