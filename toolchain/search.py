@@ -67,6 +67,8 @@ from edgec.errors import EdgecError, InputError
 from edgec.executor import Executor, JobFailure, LocalExecutor, Resources
 from edgec.objective import (
     DESCRIPTIONS,
+    LATENCY_MARGIN,
+    RANKING_THREADS,
     Objective,
     figures,
     needs_arena,
@@ -839,11 +841,15 @@ def run_search(
     latency_method = f"LiteRT on this host, {threads} thread(s), median of single invokes"
     if objective is Objective.LATENCY:
         # Timed in different jobs (maybe at once, on a busy host), latencies do not compare:
-        # the eligible candidates are timed again here, side by side, before the choice.
-        tried = _side_by_side(tried, kept, data.x_val, threads)
+        # the eligible candidates are timed again here, side by side, before the choice; at
+        # one thread, since more fight the host's other work and swamp the differences
+        # (edgec.objective.LATENCY_MARGIN says what was measured).
+        tried = _side_by_side(tried, kept, data.x_val, RANKING_THREADS)
         latency_method += (
-            "; candidates within the bound and budgets timed side by side in one process "
-            "(interleaved rounds): a host figure that ranks them, not the device's latency"
+            f"; candidates within the bound and budgets timed again side by side at "
+            f"{RANKING_THREADS} thread in one process (interleaved rounds), those within "
+            f"{LATENCY_MARGIN:.0%} of the fastest tied: a host figure that ranks them, not "
+            "the device's latency"
         )
     in_order = [c for _, c in tried]
     chosen, met = choose(in_order, max_accuracy_drop, objective)
