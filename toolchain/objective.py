@@ -53,8 +53,8 @@ FIGURES: dict[Objective, tuple[str, ...]] = {
 # Host latencies within this fraction of the fastest candidate's are tied: bytes decides
 # among them. Measured by benchmarks/suite/scaleout.py ("latency_noise": the ratio of two
 # candidates' side-by-side medians, repeated 8 times on this loaded 2-core host) at one
-# LiteRT thread, the ratio moved by up to 3.6% in one run and 18.5% in another: 25% covers
-# both with room. At 4 threads (rpi4's) it moved by 100% and more, the threads fighting
+# LiteRT thread, the ratio moved by up to 3.6%, 4.1% and 18.5% in three runs: 25% covers
+# them with room. At 4 threads (rpi4's) it moved by 88% to 1670%, the threads fighting
 # other processes for two cores, so the search ranks at RANKING_THREADS.
 LATENCY_MARGIN = 0.25
 RANKING_THREADS = 1
