@@ -374,7 +374,13 @@ def main() -> None:
         unseen = unseen_defaults.measure(threads=args.threads, quick=args.quick)
         write_result(
             folder / "unseen_defaults.json",
-            {"benchmark": "unseen_defaults", "quick": args.quick, **unseen, "host": unseen_host},
+            {
+                "benchmark": "unseen_defaults",
+                "quick": args.quick,
+                "code": unseen_defaults.code_version(),
+                **unseen,
+                "host": unseen_host,
+            },
             show=unseen["targets"],
         )
     cases = device_cases(args) if args.part in ("all", "device") else []
@@ -382,6 +388,7 @@ def main() -> None:
         "benchmark": "compression",
         "quick": args.quick,
         "part": args.part,
+        "code": unseen_defaults.code_version(),
         "method": (
             "Every artifact converted by edgec.convert and run by LiteRT (edgec.runtime) on this "
             "host; accuracy on the validation split, accuracy_drop = float32 .tflite accuracy - "

@@ -221,6 +221,25 @@ def measure(*, threads: int = 1, quick: bool = False) -> dict[str, Any]:
     }
 
 
+def code_version() -> str:
+    """The commit this run's code came from, + "-dirty" if code (not results) is uncommitted."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = git("diff", "--quiet", "HEAD", "--", ".", ":(top,exclude)benchmarks/results")
+        return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -229,7 +248,7 @@ def main() -> None:
     args = parser.parse_args()
     host = host_facts()
     default = RESULTS if not args.quick else Path(tempfile.gettempdir())
-    payload = {"benchmark": "unseen_defaults", "quick": args.quick}
+    payload = {"benchmark": "unseen_defaults", "quick": args.quick, "code": code_version()}
     payload |= measure(threads=args.threads, quick=args.quick)
     payload["host"] = host
     write_result(args.out or default / "unseen_defaults.json", payload, show=payload["targets"])
