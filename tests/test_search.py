@@ -442,3 +442,59 @@ def test_a_microcontroller_ram_budget_rules_out_candidates_during_the_search(
     assert result.ok
     checks = {c["name"]: c for c in manifest["budgets"]["checks"]}
     assert checks["ram_bytes"]["ok"] and checks["ram_bytes"]["value"] == ram["narrow convs"]
+
+
+def test_a_trusted_model_with_a_lambda_layer_is_searched(tmp_path, monkeypatch, digits) -> None:
+    """--trust-model --search: every candidate job may rebuild the Lambda, not just the load."""
+    import edgec.search
+    from edgec.build import BuildRequest, build
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Lambda(lambda t: t * 0.5, name="halve"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="m",
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=10, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=digits.x_train[:300],
+        y_train=digits.y_train[:300],
+        x_val=digits.x_val[:150],
+        y_val=digits.y_val[:150],
+    )
+    ladder = _ladder((("cluster k=16", "cluster", {"k": 16, "epochs": 0}),), combine=False)
+    monkeypatch.setattr(edgec.search, "default_ladder", lambda: ladder)
+    request = BuildRequest(
+        model=tmp_path / "m.keras",
+        targets=("x86-64",),
+        data=str(tmp_path / "d.npz"),
+        out=tmp_path / "out",
+        search=True,
+        trust_model=True,
+        max_accuracy_drop=0.05,
+        objective=Objective.BYTES,
+    )
+    result = build(request)
+    rows = {r["label"]: r for r in result.targets[0].manifest.to_dict()["search"]["candidates"]}
+    assert set(rows) == {"plain", "cluster k=16"}
+    assert all(r["error"] == "" and r["bytes"] for r in rows.values()), rows
+    assert result.ok and (tmp_path / "out" / "m" / "x86-64" / "model.tflite").is_file()
+    # The same search job without the trust flag refuses the Lambda (Keras's safe mode).
+    shared = SearchShared(
+        model=(tmp_path / "m.keras").read_bytes(),
+        data=digits,
+        options=OPTIONS,
+        calibration=digits.calibration(20),
+    )
+    job = CandidateJob(label="plain", steps=())
+    with pytest.raises(ValueError, match="Lambda"):
+        run_candidate(shared, job)
+    assert run_candidate(dataclasses.replace(shared, trust_model=True), job).measurement.bytes

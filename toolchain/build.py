@@ -48,7 +48,7 @@ from edgec.data import DEMO, Dataset, load_dataset
 from edgec.errors import ConversionError, EdgecError, InputError, UnsupportedModelError, UsageError
 from edgec.evaluate import Evaluation, evaluate, size_facts
 from edgec.files import sha256_bytes, sha256_path
-from edgec.loaders import LoadedModel, load_model
+from edgec.loaders import LoadedModel, code_allowed, load_model
 from edgec.manifest import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -659,8 +659,6 @@ def _compress(ctx: TargetContext) -> Compression:
     # same build in another process (--from-manifest) writes the same bytes.
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(req.seed)
-    clone = keras.models.clone_model(model.keras)
-    clone.set_weights(model.keras.get_weights())
     pctx = PassContext(
         data=data,
         profile=profile,
@@ -669,7 +667,10 @@ def _compress(ctx: TargetContext) -> Compression:
         log=log,
         trust_model=req.trust_model,
     )
-    compressed, records = PassManager(recipe.instantiate()).run(clone, pctx)
+    with code_allowed(req.trust_model):  # a trusted Lambda is rebuilt by every clone
+        clone = keras.models.clone_model(model.keras)
+        clone.set_weights(model.keras.get_weights())
+        compressed, records = PassManager(recipe.instantiate()).run(clone, pctx)
     done = Compression(
         source=compressed, recipe=recipe.to_list(), passes=[r.to_dict() for r in records]
     )

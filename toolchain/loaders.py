@@ -15,6 +15,7 @@ themselves run in Keras's safe mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -250,6 +251,24 @@ def refuse_code(config: Any, where: str, *, trust: bool, legacy: bool = False) -
             f"{where}: refused: the model carries code that loading would run or look up "
             f"({'; '.join(found[:3])}{more}); if you trust this file, pass --trust-model"
         )
+
+
+@contextlib.contextmanager
+def code_allowed(trust: bool) -> Iterator[None]:
+    """While ``trust`` (``--trust-model``), Keras may rebuild layers that carry code.
+
+    Loading a trusted file turns safe mode off for that load only; rebuilding its model
+    (``clone_model`` in the passes, a search job loading a candidate) deserialises the
+    same Lambda again and needs the same permission, for that work only: the scope that
+    ``keras.saving.load_model(safe_mode=False)`` itself uses, never the process-wide switch.
+    """
+    if not trust:
+        yield
+        return
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(safe_mode=False):
+        yield
 
 
 def _pure_tf_op(function: Any) -> bool:

@@ -288,12 +288,15 @@ def run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
     """Load, run the job's passes, convert and measure: the search's job, in any process."""
     from threadpoolctl import threadpool_limits
 
+    from edgec.loaders import code_allowed
     from edgec.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # a fresh worker process would otherwise print TF's start-up
+    seed_everything(shared.seed)  # it clears Keras's global state, so before the scope below
     # NumPy's LAPACK (low-rank's SVD) sums in a different order with another thread count,
     # and a Ray worker gets OMP_NUM_THREADS=num_cpus: one thread everywhere, the same bytes.
-    with threadpool_limits(limits=1):
+    # A trusted model's Lambda layers are rebuilt by every pass's clone: allowed, in this job.
+    with threadpool_limits(limits=1), code_allowed(shared.trust_model):
         return _run_candidate(shared, job)
 
 
@@ -303,7 +306,6 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
     from edgec.pipeline import PassContext, PassManager, count_params
 
     start = time.perf_counter()
-    seed_everything(shared.seed)
     model = keras_from_bytes(
         shared.model if job.start is None else job.start, trust=shared.trust_model
     )
