@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raycluster import free_port, head_cluster  # sets Ray's loopback env first
+from raycluster import free_port, head_cluster, running_tasks  # sets Ray's loopback env first
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -194,29 +194,35 @@ def _sleep(shared: float, job: int) -> int:
     return job
 
 
-def _running_tasks(name: str) -> list[str]:
-    """Ray titles a worker process ``ray::<function>`` while it runs a task."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.startswith(f"ray::{name}")]
-
-
 def test_ctrl_c_cancels_the_outstanding_tasks(cluster):
     executor = RayExecutor(cluster)
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    running: list[str] = []
+    stop = threading.Event()
+
+    def interrupt_once_running() -> None:
+        # Ctrl-C once the tasks are seen on this cluster's workers (which also shows that
+        # running_tasks finds them, so the check below is not vacuous).
+        while not stop.is_set() and not running:
+            running.extend(running_tasks("_call"))
+            time.sleep(0.2)
+        if running:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
     got = []
     try:
-        timer.start()
+        watcher.start()
         with pytest.raises(KeyboardInterrupt):
             for i, outcome in executor.map(_sleep, 60.0, list(range(4))):
                 got.append((i, outcome))
     finally:
-        timer.cancel()
+        stop.set()
         executor.close()
-    assert got == []
+    assert got == [] and running
     deadline = time.monotonic() + 30
-    while _running_tasks("_call") and time.monotonic() < deadline:
+    while running_tasks("_call") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _running_tasks("_call") == []  # force-cancelled, not left sleeping for a minute
+    assert running_tasks("_call") == []  # force-cancelled, not left sleeping for a minute
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +289,9 @@ def test_cli_ctrl_c_during_a_ray_search_writes_nothing(cluster, files):
     assert "edgec: interrupted" in rest and "Traceback" not in rest
     assert not (files / "out-int" / "m" / "rpi4").exists()
     deadline = time.monotonic() + 30
-    while _running_tasks("_call") and time.monotonic() < deadline:
+    while running_tasks("_call") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _running_tasks("_call") == []
+    assert running_tasks("_call") == []
 
 
 @pytest.mark.parametrize(
