@@ -369,7 +369,9 @@ def test_bad_input_gets_one_line_and_writes_nothing(case, inputs, tmp_path, monk
     assert _tree(inputs.root) == before, "a failed command changed its inputs or wrote beside them"
 
 
-@pytest.mark.parametrize("case", ["data-x-y-lengths", "out-dev-null", "bundle-truncated"])
+# A model/data error after TensorFlow loaded, a click usage error, a --json verification
+# error: one real process each (in-process, the corpus above covers every case).
+@pytest.mark.parametrize("case", ["data-x-y-lengths", "usage-unknown-command", "bundle-truncated"])
 def test_bad_input_as_a_real_process(case, inputs, tmp_path):
     """The same contract with the process's real stderr, where TensorFlow's chatter would show."""
     _, template, expected = CASES[case]
@@ -386,32 +388,61 @@ def test_bad_input_as_a_real_process(case, inputs, tmp_path):
     assert proc.returncode == expected and list(tmp_path.iterdir()) == []
 
 
-def test_inspect_byte_flip_fuzz(inputs, tmp_path, monkeypatch):
+# One fuzz worker: the real click CLI in one process, `inspect --json` on each file it is
+# given, one JSON line per file. `inspect` never imports TensorFlow; each file's load check
+# is a child process of its own (edgec.runtime.probe_tflite), which is what a flip costs.
+_FUZZ_WORKER = r"""
+import json, sys
+from click.testing import CliRunner
+from edgec.cli import main
+for path in sys.argv[1:]:
+    r = CliRunner().invoke(main, ["inspect", path, "--json"], catch_exceptions=False)
+    print(json.dumps([path, r.exit_code, r.stdout, r.stderr]), flush=True)
+"""
+FUZZ_FLIPS, FUZZ_WORKERS = 200, 2
+
+
+def test_inspect_byte_flip_fuzz(inputs, tmp_path):
     """200 seeded single-byte flips of a real .tflite: exit 0, or one line and 2..7, never a crash.
 
     The model is tiny (a few dozen weights), so most flips land in the flatbuffer's
-    structure (offsets, shapes, op codes) rather than in weight bytes.
+    structure (offsets, shapes, op codes) rather than in weight bytes. The flips are
+    shared among two worker processes that run side by side (each flip's load check
+    is a child process): an exception escaping the CLI, or a crash, ends a worker with
+    a non-zero code and fails the test.
     """
-    from click.testing import CliRunner
-
-    from edgec.cli import main
-
     good = inputs.tiny.read_bytes()
     rng = np.random.default_rng(9)
-    monkeypatch.chdir(tmp_path)
-    codes: Counter[int] = Counter()
-    for i in range(200):
+    paths = []
+    for i in range(FUZZ_FLIPS):
         flipped = bytearray(good)
         at = int(rng.integers(len(good)))
         flipped[at] ^= int(rng.integers(1, 256))
-        path = tmp_path / f"flip{i}.tflite"
-        path.write_bytes(bytes(flipped))
-        result = CliRunner().invoke(main, ["inspect", str(path), "--json"], catch_exceptions=False)
-        codes[result.exit_code] += 1
-        if result.exit_code != 0:
-            check_one_line(result.exit_code, result.stdout, result.stderr, as_json=True)
-        path.unlink()
+        paths.append(_write(tmp_path / "flips" / f"flip{i}.tflite", bytes(flipped)))
+    work = tmp_path / "work"
+    work.mkdir()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FUZZ_WORKER, *map(str, paths[k::FUZZ_WORKERS])],
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(FUZZ_WORKERS)
+    ]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+        results += [json.loads(line) for line in out.splitlines()]
+    assert sorted(path for path, *_ in results) == sorted(map(str, paths))
+    codes: Counter[int] = Counter()
+    for _, code, stdout, stderr in results:
+        codes[code] += 1
+        if code != 0:
+            check_one_line(code, stdout, stderr, as_json=True)
     print(f"inspect fuzz exit codes: {dict(sorted(codes.items()))}")
-    assert sum(codes.values()) == 200 and set(codes) <= {0, 2, 3, 4, 5, 6, 7}, codes
+    assert sum(codes.values()) == FUZZ_FLIPS and set(codes) <= {0, 2, 3, 4, 5, 6, 7}, codes
     assert codes[3] > 0  # the corpus of flips does reach the parser's and the probe's refusals
-    assert list(tmp_path.iterdir()) == []
+    assert list(work.iterdir()) == []  # inspect wrote nothing

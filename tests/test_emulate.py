@@ -2,9 +2,10 @@
 
 The rootfs is a slow fixture (about a minute and a half, once): ``.ci/run``
 prepares it before pytest (``edgec device emulate rpi4``) so its time shows,
-and every later run finds it in the cache. The artifact is built in the test
-from a tiny Keras model; the harness then really runs on the emulated
-Cortex-A72 and its outputs are compared with the host's.
+and every later run finds it in the cache. The artifact is a copy of the
+session's real rpi4 build (conftest ``real_build``: a tiny Keras model, int8,
+with the reference outputs the build stores); the harness then really runs on
+the emulated Cortex-A72 and its outputs are compared with the host's.
 """
 
 from __future__ import annotations
@@ -40,20 +41,11 @@ def board() -> emulate.Prepared:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, cnn_keras_file, digits_npz) -> Path:
-    from edgec.build import BuildRequest, build
-
-    out = tmp_path_factory.mktemp("emulated-build")
-    build(
-        BuildRequest(
-            model=cnn_keras_file,
-            targets=("rpi4",),
-            out=out,
-            data=str(digits_npz),
-            epochs_scale=0.25,
-        )
-    )
-    return out / "tiny_cnn" / "rpi4"
+def artifact(tmp_path_factory, real_build) -> Path:
+    # A copy (the benches here write results/ into it) without the host bench's results.
+    folder = tmp_path_factory.mktemp("emulated-build") / "rpi4"
+    shutil.copytree(real_build / "rpi4", folder, ignore=shutil.ignore_patterns("results"))
+    return folder
 
 
 def run_emulated(board: emulate.Prepared, code: str) -> subprocess.CompletedProcess[str]:
