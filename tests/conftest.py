@@ -8,6 +8,9 @@ tests itself. ``-m unit`` runs the fast tier alone.
 
 ``real_build`` is one real ``edgec build`` (through ``build_target``) that the
 report, release and CLI tests read: their manifests are the ones build writes.
+
+A run ends with each test file's seconds (setup, call and teardown summed), so a
+CI log shows where the suite's time goes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if tiers & {m.name for m in item.iter_markers()}:
             continue
         item.add_marker(getattr(pytest.mark, TIERS.get(item.path.name, "integration")))
+
+
+_FILE_SECONDS: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _FILE_SECONDS:
+        return
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.write_sep("=", f"seconds per test file ({total:.0f} s in tests)")
+    for path, seconds in _FILE_SECONDS.most_common():
+        terminalreporter.write_line(f"{seconds:8.1f}  {path}")
 
 
 @pytest.fixture(scope="session")

@@ -175,3 +175,38 @@ def test_qat_comes_last(wide, digits) -> None:
     ctx = PassContext(data=digits, seed=0, epochs_scale=0.0)
     with pytest.raises(UnsupportedModelError, match=r"^prune: layer 'input_fq' is a custom layer"):
         PassManager([QatPass(), PrunePass()]).run(wide, ctx)
+
+
+def test_the_search_tries_qat_last_when_post_training_int8_loses(wide, digits) -> None:
+    from edgec.recipe import Step
+    from edgec.search import Ladder, Rung, run_search
+
+    float_acc = float(np.mean(wide.predict(digits.x_val, verbose=0).argmax(-1) == digits.y_val))
+    opts = ConvertOptions(
+        quantization=Quantization.INT8, input_dtype=IODtype.INT8, output_dtype=IODtype.INT8
+    )
+    # One cheap rung that keeps the wide units: int8 loses on it as on the plain model.
+    prune = Rung(
+        label="prune 30%",
+        steps=(
+            Step(id="prune", params={"initial_sparsity": 0.3, "final_sparsity": 0.3, "epochs": 0}),
+        ),
+    )
+    result = run_search(
+        wide,
+        digits,
+        options=opts,
+        calibration=digits.calibration(300),
+        max_accuracy_drop=0.02,
+        reference_accuracy=float_acc,
+        ladder=Ladder(families=((prune,),), qat=Step(id="qat", params={"epochs": 3})),
+    )
+    labels = [r["label"] for r in result.table]
+    rows = {r["label"]: r for r in result.table}
+    # Post-training int8 misses the bound on every candidate; qat comes last, on top of the
+    # most accurate one, and wins the accuracy back within the bound.
+    assert not rows["plain"]["ok"] and not rows["prune 30%"]["ok"]
+    base = "plain" if rows["plain"]["accuracy"] >= rows["prune 30%"]["accuracy"] else "prune 30%"
+    qat = "qat" if base == "plain" else f"{base} + qat"
+    assert labels[-1] == qat and rows[qat]["passes"][-1]["id"] == "qat"
+    assert result.met and result.chosen.label == qat and rows[qat]["accuracy_drop"] <= 0.02

@@ -17,6 +17,7 @@ import keras
 from edgec.convert import ConvertOptions
 from edgec.data import Dataset, demo_dataset
 from edgec.executor import LocalExecutor
+from edgec.objective import Objective
 from edgec.passes.common import accuracy
 from edgec.pipeline import count_params
 from edgec.profiles import Quantization
@@ -45,6 +46,7 @@ ROW_KEYS = {
     "host_latency_ms",
     "host_latency_timing",
     "arena_bytes",
+    "arena_required_bytes",
     "objective_figures",
     "fits_budgets",
     "ok",
@@ -262,3 +264,181 @@ def test_default_ladder_steps_strength_up() -> None:
             rung.steps[0].make_params()  # every rung is a valid recipe step
             for step in rung.warm or ():
                 step.make_params()
+    # qat is the ladder's last candidate (it must end a recipe); a student is only a base.
+    ladder = default_ladder()
+    assert ladder.qat is not None and ladder.qat.id == "qat"
+    ladder.qat.make_params()
+    assert all(r.on_top is (r.steps[0].id != "distill") for f in families for r in f)
+
+
+JOBS: list[CandidateJob] = []
+
+
+def _recording(shared: SearchShared, job: CandidateJob):
+    """The real job, noting what it was asked to run."""
+    JOBS.append(job)
+    return run_candidate(shared, job)
+
+
+def test_families_stack_greedily_from_the_best_single_rung_without_rerunning_a_pass(
+    model, digits
+) -> None:
+    # Bytes rank: only the narrower student and low-rank shrink the artifact, so one of
+    # them is the base; pruning and clustering leave the bytes alone and stack on top.
+    ladder = _ladder(
+        (("distill width 0.5", "distill", {"width": 0.5, "epochs": 2}),),
+        (("lowrank 50%", "lowrank", {"param_fraction": 0.5, "epochs": 0}),),
+        (("prune 50%", "prune", {"final_sparsity": 0.5, "epochs": 0}),),
+    )
+    JOBS.clear()
+    # Two epochs of distillation lose ~15 pt here: a loose bound keeps the test short.
+    result = _run(model, digits, ladder, 0.25, objective=Objective.BYTES, job_fn=_recording)
+    rows = {r["label"]: r for r in result.table}
+    singles = ["distill width 0.5", "lowrank 50%", "prune 50%"]
+    assert all(rows[s]["ok"] for s in singles)
+    ranked = sorted(singles, key=lambda s: (rows[s]["bytes"], rows[s]["accuracy_drop"]))
+    assert ranked[0] == "distill width 0.5"  # the smallest artifact: the base
+    stacked = [r["label"] for r in result.table if r["label"] not in ("plain", *singles)]
+    # One candidate per other family, best single first, each added to the last
+    # combination that stayed within the bound; a combination runs in ladder order.
+    order = {s: i for i, s in enumerate(singles)}
+    expected, combo = [], [ranked[0]]
+    for family in ranked[1:]:
+        label = " + ".join(sorted([*combo, family], key=order.get))
+        expected.append(label)
+        if rows[label]["ok"]:
+            combo = sorted([*combo, family], key=order.get)
+    assert stacked == expected
+    assert len(combo) >= 2  # something stacked within the bound
+    # Every stacked job started from a measured model and ran only what it added: the
+    # student is never distilled again, and no job repeats a pass its start already holds.
+    for job in JOBS:
+        if " + " in job.label:
+            assert job.start is not None and job.done >= 1
+            assert "distill" not in [s.id for s in job.steps[job.done :]]
+    # The combination, as the manifest replays it from the input: the same artifact, cold.
+    full = next(c for c in result.candidates if c.label == " + ".join(combo))
+    ids = [rows[label]["passes"][0]["id"] for label in combo]
+    assert [s.id for s in full.steps] == ids and [r["id"] for r in full.records] == ids
+    cold = run_candidate(
+        SearchShared(
+            model=keras_to_bytes(model),
+            data=digits,
+            options=OPTIONS,
+            calibration=digits.calibration(100),
+        ),
+        CandidateJob(label="cold", steps=full.steps),
+    )
+    assert cold.measurement.bytes == full.measurement.bytes
+    assert cold.measurement.accuracy == full.measurement.accuracy
+
+
+def _fails_first_stack(shared: SearchShared, job: CandidateJob):
+    if " + " in job.label and not any(" + " in j.label for j in JOBS):
+        JOBS.append(job)
+        raise RuntimeError("this combination is out of the bound")
+    return _recording(shared, job)
+
+
+def test_a_family_that_takes_the_combination_out_of_the_bound_is_left_out(model, digits) -> None:
+    ladder = _ladder(
+        (("lowrank 50%", "lowrank", {"param_fraction": 0.5, "epochs": 0}),),
+        (("prune 50%", "prune", {"final_sparsity": 0.5, "epochs": 0}),),
+        (("cluster k=16", "cluster", {"k": 16, "epochs": 0}),),
+    )
+    JOBS.clear()
+    result = _run(model, digits, ladder, 0.1, objective=Objective.BYTES, job_fn=_fails_first_stack)
+    labels = [r["label"] for r in result.table]
+    rows = {r["label"]: r for r in result.table}
+    # Low-rank alone shrinks the bytes: it is the base. The first family added fails, so
+    # it is left out and the next one is added to low-rank alone.
+    first, second = sorted(
+        ["prune 50%", "cluster k=16"], key=lambda s: (rows[s]["bytes"], rows[s]["accuracy_drop"])
+    )
+    assert labels[4:] == [f"lowrank 50% + {first}", f"lowrank 50% + {second}"]
+    assert rows[f"lowrank 50% + {first}"]["bytes"] is None
+    after = next(j for j in JOBS if j.label == f"lowrank 50% + {second}")
+    assert [s.id for s in after.steps] == ["lowrank", second.split()[0]] and after.done == 1
+
+
+def test_a_microcontroller_ram_budget_rules_out_candidates_during_the_search(
+    tmp_path, monkeypatch
+) -> None:
+    """A cortex-m4 with little RAM: the smallest artifact keeps the big activations, so the
+    search must judge each candidate's RAM (TFLM's arena + interpreter objects), not flash."""
+    import edgec.search
+    from edgec.build import BuildRequest, build, convert_options
+    from edgec.micro import fit_report
+    from edgec.profiles import load_profile
+
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 16, 16, 4), dtype=np.float32)
+    y = rng.integers(0, 10, 96)
+    np.savez(tmp_path / "d.npz", x_train=x[:64], y_train=y[:64], x_val=x[64:], y_val=y[64:])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 4)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="c1"),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="c2"),
+            keras.layers.MaxPooling2D(4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu", name="d1"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
+        name="m",
+    )
+    model.save(tmp_path / "m.keras")
+    # Narrow convs halve the activations (RAM); a low-rank dense cuts the most bytes.
+    rungs = {
+        "narrow convs": Step(
+            id="prune-channels", params={"sparsity": 0.5, "exclude": ["d1"], "epochs": 0}
+        ),
+        "low-rank dense": Step(
+            id="lowrank", params={"param_fraction": 0.1, "exclude": ["c1", "c2"], "epochs": 0}
+        ),
+    }
+    ladder = Ladder(
+        families=tuple((Rung(label=k, steps=(s,)),) for k, s in rungs.items()), combine=False
+    )
+    monkeypatch.setattr(edgec.search, "default_ladder", lambda: ladder)
+    # Each candidate's RAM as the fit report (and so the build's budget check) counts it.
+    m4 = load_profile("cortex-m4")
+    shared = SearchShared(
+        model=keras_to_bytes(model),
+        data=Dataset(x_train=x[:64], y_train=y[:64], x_val=x[64:], y_val=y[64:], source="s"),
+        options=convert_options(m4, m4.quantization),
+        calibration=x[:32],
+    )
+    ram, size = {}, {}
+    for label, steps in (("plain", ()), *((k, (s,)) for k, s in rungs.items())):
+        content = run_candidate(shared, CandidateJob(label=label, steps=steps)).measurement.content
+        ram[label] = fit_report(content, m4, x[64:72]).ram_bytes
+        size[label] = len(content)
+    assert size["low-rank dense"] < size["narrow convs"] < size["plain"]
+    assert ram["narrow convs"] < min(ram["plain"], ram["low-rank dense"])
+    limit = (ram["narrow convs"] + min(ram["plain"], ram["low-rank dense"])) // 2
+    tight = tmp_path / "tight-m4.toml"
+    tight.write_text(f'extends = "cortex-m4"\n\n[budgets]\nram_bytes = {limit}\n')
+    result = build(
+        BuildRequest(
+            model=tmp_path / "m.keras",
+            targets=(str(tight),),
+            data=str(tmp_path / "d.npz"),
+            out=tmp_path / "out",
+            search=True,
+            max_accuracy_drop=1.0,  # random labels: the budgets alone decide
+        )
+    )
+    manifest = result.targets[0].manifest.to_dict()
+    rows = {r["label"]: r for r in manifest["search"]["candidates"]}
+    # Ranked by bytes alone low-rank would win; its RAM is over the budget, so it is out.
+    assert rows["low-rank dense"]["fits_budgets"] is False
+    assert rows["plain"]["fits_budgets"] is False
+    assert rows["narrow convs"]["fits_budgets"] is True
+    assert rows["narrow convs"]["arena_required_bytes"] >= rows["narrow convs"]["arena_bytes"]
+    assert manifest["search"]["chosen"] == "narrow convs" and manifest["search"]["met"]
+    # The build's own RAM check on the shipped artifact agrees: it fits.
+    assert result.ok
+    checks = {c["name"]: c for c in manifest["budgets"]["checks"]}
+    assert checks["ram_bytes"]["ok"] and checks["ram_bytes"]["value"] == ram["narrow convs"]

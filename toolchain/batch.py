@@ -496,11 +496,11 @@ def _finish(
         )  # fmt: skip
     stages = dict(STAGES)
     ctx = dataclasses.replace(outcome.context, req=req, model=model, data=data, log=lambda _: None)
-    # "fit" again, quietly, for what the write stage needs that could not travel (the
-    # firmware writer, a closure): it only reads the TFLM report the job measured.
-    run_stages(ctx, (("fit", stages["fit"]),))
-    ctx.log = lambda line: log(f"  {job.label}: {line}")
     try:
+        # "fit" again, quietly, for what the write stage needs that could not travel (the
+        # firmware writer, a closure): it only reads the TFLM report the job measured.
+        run_stages(ctx, (("fit", stages["fit"]),))
+        ctx.log = lambda line: log(f"  {job.label}: {line}")
         run_stages(ctx, (("write", stages["write"]),))
     except EdgecError as exc:
         return BatchRow(

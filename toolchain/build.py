@@ -718,18 +718,38 @@ def _search(ctx: TargetContext, done: Compression) -> Compression:
         return _replayed_choice(ctx, done, options, req.search_choice)
 
     def fits_budgets(m: Measurement) -> bool:
-        # Flash of a microcontroller is the model plus TFLM's code for the ops it uses.
-        flash = None
+        # A microcontroller is judged on the figures the fit report judges the chosen artifact
+        # on: flash = the model + TFLM's code for its ops; RAM = the arena TFLM needed for
+        # this candidate (+ the profile's margin) + the interpreter objects.
+        sizes = Measurements()
         if profile.is_micro and m.content is not None:
             from edgec.micro import runtime_code
+            from edgec.micro.costs import cost_table
+            from edgec.micro.report import measurements as micro_figures
+            from edgec.micro.tflm import recommended_arena
 
             ops = read_model(m.content, "search candidate").op_counts
             code, estimated, _ = runtime_code(ops, profile)
-            flash = flash_figure(
-                model_bytes=m.bytes, runtime_code_bytes=code, runtime_code_estimated=estimated
-            )
-        sizes = Measurements(
-            model_bytes=Figure(value=m.bytes, source=Source.ARTIFACT), flash_bytes=flash
+            if m.arena_required_bytes is not None:  # measured whenever a RAM budget is set
+                margin = profile.micro.arena_margin if profile.micro else 0.10
+                ram = recommended_arena(m.arena_required_bytes, margin)
+                sizes = micro_figures(
+                    model_bytes=m.bytes,
+                    code=code,
+                    ram=ram + cost_table().interpreter_ram(ops),
+                    flash_source="estimate" if estimated else "profile",
+                    measured=False,
+                )
+            else:
+                sizes = Measurements(
+                    flash_bytes=flash_figure(
+                        model_bytes=m.bytes,
+                        runtime_code_bytes=code,
+                        runtime_code_estimated=estimated,
+                    )
+                )
+        sizes = dataclasses.replace(
+            sizes, model_bytes=Figure(value=m.bytes, source=Source.ARTIFACT)
         )
         return fits(profile.budgets, sizes)
 
@@ -748,6 +768,7 @@ def _search(ctx: TargetContext, done: Compression) -> Compression:
             threads=profile.threads,
             executor=executor,
             log=lambda message: log(f"[{profile.name}] {message}"),
+            trust_model=req.trust_model,
         )
     chosen = result.chosen
     log(
@@ -800,6 +821,7 @@ def _replayed_choice(
         epochs_scale=req.epochs_scale,
         threads=profile.threads,
         objective=profile.objective,
+        trust_model=req.trust_model,
     )
     label = str(recorded.get("chosen", "replayed"))
     outcome = run_candidate(shared, CandidateJob(label=label, steps=steps))
@@ -810,7 +832,9 @@ def _replayed_choice(
     content = outcome.measurement.content
     ctx.log(f"[{profile.name}] replayed the search's choice {label!r} (not searched again)")
     return Compression(
-        source=done.source if outcome.model is None else keras_from_bytes(outcome.model),
+        source=done.source
+        if outcome.model is None
+        else keras_from_bytes(outcome.model, trust=req.trust_model),
         recipe=done.recipe + [s.resolved() for s in steps],
         passes=done.passes + list(outcome.records),
         search={**recorded, "chosen_sha256": sha256_bytes(content)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +66,13 @@ def interleaved_latency_ms(
     warmup: int = 5,
     rounds: int = 10,
     per_round: int = 10,
+    statistic: Callable[[list[float]], float] = statistics.median,
 ) -> dict[Any, float]:
     """Median single-sample invoke time per model on this host, the models timed side by side.
 
     Round by round each model runs ``per_round`` timed invokes, so drift in the host's load
     reaches every model alike: the medians compare (as ratios), unlike ones timed apart.
+    ``statistic`` replaces the median (benchmarks/suite/scaleout.py compares estimators).
     """
     loaded = {}
     for key, content in models.items():
@@ -86,7 +89,7 @@ def interleaved_latency_ms(
                 start = time.perf_counter()
                 m.interpreter.invoke()
                 samples[key].append(time.perf_counter() - start)
-    return {key: statistics.median(s) * 1e3 for key, s in samples.items()}
+    return {key: statistic(s) * 1e3 for key, s in samples.items()}
 
 
 def evaluate(

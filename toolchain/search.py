@@ -6,25 +6,44 @@ student, channel pruning, low-rank parameter fraction, pruning sparsity, fewer
 clusters). A family stops at its first rung that breaks the accuracy bound,
 since stronger rungs only lose more. A warm rung (``Rung.warm``) continues from
 the previous rung's fine-tuned model instead of the input, and its candidate's
-recipe is the whole chain, so the manifest replays it from the input. Then the
-strongest passing rung of each family are combined, each from the input, in
-ladder order.
+recipe is the whole chain, so the manifest replays it from the input.
+
+Then the families are stacked greedily: from the best single-family rung (by the
+objective), each other family's strongest passing rung is added in turn (best
+single first); a family whose addition leaves the accuracy bound is left out
+and the next one is tried on the last combination that held. A combination's
+passes run in ladder order, the order passes may follow each other (a later
+pass's fine-tuning would undo an earlier one's zeros or shared values), so an
+addition continues, warm, from the longest measured combination that is a
+prefix of the new one and runs the rest on top. Every single rung is such a
+prefix, so a distilled student (first in the ladder; ``Rung.on_top`` false: it
+never runs on another family's model) is a base others stack on, never
+distilled again.
+
+Last, when post-training int8 lost accuracy on the candidate the search would
+choose (more than ``QAT_WORTH`` of the bound, or it misses the bound),
+``Ladder.qat`` is tried on top of it, warm from its model: qat must end a
+recipe. Each stacking step and the qat candidate is one job that starts from a
+measured model, so none re-runs distillation and the added wall time stays a
+few passes.
 
 Every candidate is an independent job (``CandidateJob``: a label and a recipe)
 that an ``edgec.executor`` runs: in this process by default, or on a Ray
 cluster. ``run_candidate`` is the job: it loads the model from its ``.keras``
 bytes (or a warm rung's starting model), runs the recipe's passes, converts,
-measures through LiteRT (and TFLM's arena when the objective ranks by it) and
+measures through LiteRT (and TFLM's arena when the objective ranks by it or a
+microcontroller's RAM budget judges it) and
 returns a picklable ``Outcome`` holding the measurement and the candidate's
 ``.tflite`` bytes, so the artifact the search measured is the one that ships.
 Nothing closes over an in-memory Keras model, so a job can run in another process.
 
 The answer does not depend on which job finished first: the ladder runs in
 waves (wave 1: the plain model and every family's first rung; wave k: the next
-rung of each family whose previous rung stayed within the bound; then the
-combinations), the jobs of a wave are decided only by earlier waves, every job
-is seeded the same way, and the choice is made over the candidates in plan
-order. The plain model (no passes) is always a candidate. The chosen candidate
+rung of each family whose previous rung stayed within the bound; then one wave
+per stacking step, then qat), the jobs of a wave are decided only by earlier
+waves and by figures that do not depend on timing (``_plan_key``: never host
+latency), every job is seeded the same way, and the choice is made over the
+candidates in plan order. The plain model (no passes) is always a candidate. The chosen candidate
 is the best by the ``edgec.objective`` (the profile's, or ``--objective``) among
 those that meet both the accuracy bound and ``fits_budgets``; for the latency
 objective those are first timed again side by side in this process, since
@@ -48,6 +67,8 @@ from edgec.errors import EdgecError, InputError
 from edgec.executor import Executor, JobFailure, LocalExecutor, Resources
 from edgec.objective import (
     DESCRIPTIONS,
+    LATENCY_MARGIN,
+    RANKING_THREADS,
     Objective,
     figures,
     needs_arena,
@@ -79,6 +100,9 @@ class Measurement:
     arena_bytes: int | None = None
     # How host_latency_ms was timed: "alone" in its job, or "side by side" with the others.
     latency_timing: str = "alone"
+    # The smallest arena TFLM loads and runs the candidate in (>= arena_bytes: init may need
+    # temporaries); measured only when a RAM budget judges the candidate, else None.
+    arena_required_bytes: int | None = None
     content: bytes | None = None  # the .tflite measured; only the chosen candidate keeps it
 
 
@@ -89,6 +113,9 @@ class Rung:
     # Warm start: the steps that take the previous rung's fine-tuned model to this rung
     # (params relative to it); None: the rung starts from the input model.
     warm: tuple[Step, ...] | None = None
+    # Whether the rung can be stacked on another family's model. A distilled student is
+    # trained afresh from its teacher: it is a base that others stack on, never on top.
+    on_top: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, tuple) or not all(isinstance(s, Step) for s in self.steps):
@@ -97,10 +124,17 @@ class Rung:
 
 @dataclass(frozen=True, kw_only=True)
 class Ladder:
-    """Families of rungs, each family ordered from weakest to strongest."""
+    """Families of rungs, each family ordered from weakest to strongest.
+
+    The families' order is the order passes may be stacked in (a structural change
+    before weight sparsity, clustering last: a later pass's fine-tuning would undo an
+    earlier pass's zeros or shared values). ``combine``: stack families greedily after
+    the ladder; ``qat``: the step of a last quantization-aware candidate (None: none).
+    """
 
     families: tuple[tuple[Rung, ...], ...]
     combine: bool = True
+    qat: Step | None = None
 
 
 def _rung(label: str, pass_id: str, *, warm: dict[str, Any] | None = None, **params: Any) -> Rung:
@@ -126,7 +160,10 @@ def default_ladder() -> Ladder:
     Distillation trains a fresh student from the input (a warm start would make the weaker
     student the teacher) and low-rank would factorize its own factors, so neither is warm.
     """
-    distill = tuple(_rung(f"distill width {w}", "distill", width=w) for w in (0.5, 0.25))
+    distill = tuple(
+        dataclasses.replace(_rung(f"distill width {w}", "distill", width=w), on_top=False)
+        for w in (0.5, 0.25)
+    )
     channels = []
     for i, total in enumerate(CHANNEL_SPARSITIES):
         kept = 1.0 - CHANNEL_SPARSITIES[i - 1] if i else 1.0  # what the previous rung kept
@@ -156,7 +193,10 @@ def default_ladder() -> Ladder:
         _rung(f"cluster k={k}", "cluster", warm={"k": k} if i else None, k=k)
         for i, k in enumerate((64, 32, 16, 8))
     )
-    return Ladder(families=(distill, tuple(channels), lowrank, tuple(prune), cluster))
+    return Ladder(
+        families=(distill, tuple(channels), lowrank, tuple(prune), cluster),
+        qat=Step(id="qat", params={}),
+    )
 
 
 # ---------------------------------------------------------------- the job
@@ -173,6 +213,11 @@ class SearchShared:
     epochs_scale: float = 1.0
     threads: int = 1  # LiteRT threads for measuring, as the profile's runtime uses
     objective: Objective = Objective.DOWNLOAD
+    # A microcontroller RAM budget judges each candidate: measure its TFLM arena (and the
+    # smallest one it runs in) even when the objective does not rank by it.
+    measure_arena: bool = False
+    # --trust-model: the model may carry code (a Lambda layer); loaded without safe mode.
+    trust_model: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,13 +258,17 @@ def keras_to_bytes(model: Any) -> bytes:
         return path.read_bytes()
 
 
-def keras_from_bytes(content: bytes) -> Any:
+def keras_from_bytes(content: bytes, *, trust: bool = False) -> Any:
+    """A ``.keras`` archive as a model; ``trust`` (``--trust-model``) allows code in it."""
     import keras
 
+    from edgec.passes.qat import fake_quant_layer
+
+    fake_quant_layer()  # registers edgec's FakeQuant, which a qat candidate's model holds
     with tempfile.TemporaryDirectory(prefix="edgec-model-") as tmp:
         path = Path(tmp) / "model.keras"
         path.write_bytes(content)
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust)
 
 
 def seed_everything(seed: int) -> None:
@@ -255,7 +304,9 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
 
     start = time.perf_counter()
     seed_everything(shared.seed)
-    model = keras_from_bytes(shared.model if job.start is None else job.start)
+    model = keras_from_bytes(
+        shared.model if job.start is None else job.start, trust=shared.trust_model
+    )
     steps = job.steps[job.done :] if job.start is not None else job.steps
     records: list[dict[str, Any]] = []
     try:
@@ -265,6 +316,7 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
                 profile=shared.profile,
                 seed=shared.seed,
                 epochs_scale=shared.epochs_scale,
+                trust_model=shared.trust_model,
             )
             model, recs = PassManager([s.instantiate() for s in steps]).run(model, ctx)
             records = [r.to_dict() for r in recs]
@@ -279,9 +331,9 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
         content = convert(model, shared.options, shared.calibration)
         metrics = evaluate(content, shared.data, threads=shared.threads).metrics
         micro = shared.profile is not None and shared.profile.is_micro
-        arena = (
-            tflm_arena_bytes(content, shared.data) if needs_arena(shared.objective, micro) else None
-        )
+        arena = required = None
+        if shared.measure_arena or needs_arena(shared.objective, micro):
+            arena, required = tflm_arena(content, shared.data, find_required=shared.measure_arena)
     except EdgecError as exc:
         return Outcome(
             measurement=None,
@@ -298,6 +350,7 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
             accuracy=float(metrics["accuracy"]),
             host_latency_ms=metrics.get("host_latency_ms"),
             arena_bytes=arena,
+            arena_required_bytes=required,
             content=content,
         ),
         params=count_params(model),
@@ -307,17 +360,20 @@ def _run_candidate(shared: SearchShared, job: CandidateJob) -> Outcome:
     )
 
 
-def tflm_arena_bytes(content: bytes, data: Dataset) -> int:
-    """TFLM's arena total for ``content``: one load and invoke in the real TFLM interpreter.
+def tflm_arena(
+    content: bytes, data: Dataset, *, find_required: bool = False
+) -> tuple[int, int | None]:
+    """TFLM's arena total for ``content``, and with ``find_required`` the smallest arena it
+    runs in: one load and invoke in the real TFLM interpreter (more loads to find the least).
 
-    Only the figure the objective ranks by: no search for the smallest working arena and no
-    agreement check (the chosen artifact gets the full fit report in the build).
+    No agreement check: the chosen artifact gets the full fit report in the build.
     """
     from edgec.micro import run_tflm
     from edgec.runtime import TFLiteModel
 
     row = TFLiteModel(content).quantize_input(data.x_val[:1])
-    return run_tflm(content, row, where="search candidate", find_required=False).arena_total
+    run = run_tflm(content, row, where="search candidate", find_required=find_required)
+    return run.arena_total, run.arena_required if find_required else None
 
 
 # ---------------------------------------------------------------- results
@@ -349,6 +405,7 @@ class Candidate:
             else round(m.host_latency_ms, 4),
             "host_latency_timing": m.latency_timing if m else None,
             "arena_bytes": m.arena_bytes if m else None,
+            "arena_required_bytes": m.arena_required_bytes if m else None,
             "fits_budgets": self.fits_budgets,
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
@@ -444,7 +501,8 @@ class _Planned:
     """A job of the plan, with where it sits (family, rung) for ordering and for the ladder."""
 
     job: CandidateJob
-    order: tuple[int, int]  # (0, 0) plain; (f + 1, r) family f rung r; (len + 1, i) combinations
+    # (0, 0) plain; (f + 1, r) family f rung r; (F + 1, i) stacking step i; (F + 2, 0) qat
+    order: tuple[int, int]
     family: int | None = None
     rung: int | None = None
     records_before: list[dict[str, Any]] = field(default_factory=list)  # warm: the chain's
@@ -460,24 +518,107 @@ def _next_rung(
 ) -> _Planned:
     """The job for ``rung``: warm from ``prev``'s fine-tuned model when the rung says how."""
     order = (family + 1, index)
-    model = kept.get(prev.order, (None, None))[1]
-    if rung.warm is None or model is None:
+    if rung.warm is None or kept.get(prev.order, (None, None))[1] is None:
         return _Planned(
             job=CandidateJob(label=rung.label, steps=rung.steps),
             order=order,
             family=family,
             rung=index,
         )
+    planned = _continued(prev, prev_candidate, kept, label=rung.label, steps=rung.warm, order=order)
+    return dataclasses.replace(planned, family=family, rung=index)
+
+
+def _continued(
+    prev: _Planned,
+    prev_candidate: Candidate,
+    kept: dict[tuple[int, int], tuple[Measurement, bytes | None]],
+    *,
+    label: str,
+    steps: tuple[Step, ...],
+    order: tuple[int, int],
+) -> _Planned:
+    """The job that runs ``steps`` on ``prev``'s model: warm from its fine-tuned model.
+
+    Its recipe is ``prev``'s whole chain and then ``steps``, so it replays from the input
+    (the plain candidate's chain is empty: then it simply starts from the input).
+    """
     chain = prev.job.steps
+    model = kept.get(prev.order, (None, None))[1]
+    if model is None:
+        return _Planned(job=CandidateJob(label=label, steps=(*chain, *steps)), order=order)
     return _Planned(
-        job=CandidateJob(
-            label=rung.label, steps=(*chain, *rung.warm), start=model, done=len(chain)
-        ),
+        job=CandidateJob(label=label, steps=(*chain, *steps), start=model, done=len(chain)),
         order=order,
-        family=family,
-        rung=index,
         records_before=list(prev_candidate.records),
     )
+
+
+def _plan_key(c: Candidate, objective: Objective) -> tuple[float, ...]:
+    """``candidate_key`` without host latency, for the choices made *during* the search.
+
+    Latencies timed alone in separate jobs (maybe at once, on a busy host) do not compare;
+    planning on them would make the candidates tried depend on timing. Bytes stand in.
+    """
+    assert c.measurement is not None
+    key = candidate_key(c, objective)
+    if objective is Objective.LATENCY:
+        return key[1:]  # (bytes, accuracy drop)
+    return key
+
+
+def _qat_job(
+    step: Step,
+    tried: Sequence[tuple[tuple[int, int], Candidate]],
+    plans: dict[tuple[int, int], _Planned],
+    kept: dict[tuple[int, int], tuple[Measurement, bytes | None]],
+    *,
+    model: Any,
+    data: Dataset,
+    max_accuracy_drop: float,
+    objective: Objective,
+    trust_model: bool,
+    order: tuple[int, int],
+) -> _Planned | None:
+    """The last candidate: ``step`` (qat) on the one the search would choose now (by
+    ``_plan_key``), when post-training int8 lost accuracy on it: its Keras model beats its
+    artifact by more than ``QAT_WORTH`` of the bound, or by anything when it misses the
+    bound. None when that is not so (or it holds qat already)."""
+    from edgec.passes.common import accuracy
+
+    measured = [(o, c) for o, c in tried if c.measurement is not None]
+    if not measured:
+        return None
+    ok = [(o, c) for o, c in measured if c.ok]
+    if ok:
+        base, c = min(ok, key=lambda t: (_plan_key(t[1], objective), t[0]))
+    else:
+        # As ``choose`` falls back: the best within the accuracy bound, else the most accurate.
+        def fallback(t: tuple[tuple[int, int], Candidate]) -> tuple[Any, ...]:
+            drop = t[1].accuracy_drop or 0.0
+            key = _plan_key(t[1], objective)
+            if drop <= max_accuracy_drop + 1e-9:
+                return (0.0, *key, t[0])
+            return (1.0, drop, *key[:-1], t[0])
+
+        base, c = min(measured, key=fallback)
+    if any(s.id == step.id for s in c.steps):
+        return None
+    # The Keras model's accuracy, measured here in the caller for this one candidate.
+    model_bytes = kept[base][1]
+    keras_model = model if model_bytes is None else keras_from_bytes(model_bytes, trust=trust_model)
+    assert c.measurement is not None
+    lost = accuracy(keras_model, data.x_val, data.y_val) - c.measurement.accuracy
+    missed = (c.accuracy_drop or 0.0) > max_accuracy_drop + 1e-9
+    if lost <= 0 or not (missed or lost > QAT_WORTH * max_accuracy_drop):
+        return None
+    prev = plans[base]
+    label = step.id if base == (0, 0) else f"{prev.job.label} + {step.id}"
+    return _continued(prev, c, kept, label=label, steps=(step,), order=order)
+
+
+# A qat candidate is tried when int8 loses more than this share of the accuracy bound.
+QAT_WORTH = 0.25
 
 
 def _side_by_side(
@@ -505,6 +646,53 @@ def _side_by_side(
     return out
 
 
+def _stack(
+    strongest: dict[int, tuple[_Planned, Candidate]],
+    families: Sequence[tuple[Rung, ...]],
+    objective: Objective,
+    kept: dict[tuple[int, int], tuple[Measurement, bytes | None]],
+    run_wave: Callable[[list[_Planned]], list[Candidate]],
+    tracker: _Progress,
+    accurate: Callable[[Candidate], bool],
+    room: Callable[[], int],
+) -> None:
+    """Greedy stacking of the families' strongest passing rungs (see the module docstring).
+
+    From the best single-family rung, the other families are added one at a time, best
+    single first; a family that takes the combination out of the bound is left out. A
+    combination's passes run in ladder order, so adding a family continues from the
+    longest measured combination that is a prefix of the new one (every single rung is
+    one, so a distilled student is never distilled again) and runs the rest on top.
+    """
+    rung_of = {f: families[f][p.rung or 0] for f, (p, _) in strongest.items()}
+    ranked = sorted(strongest, key=lambda f: (_plan_key(strongest[f][1], objective), f))
+    # Combinations measured within the bound (families in ladder order) -> job, candidate.
+    measured: dict[tuple[int, ...], tuple[_Planned, Candidate]] = {
+        (f,): strongest[f] for f in strongest
+    }
+    combo: tuple[int, ...] = (ranked[0],)
+    for i, g in enumerate(ranked[1:]):
+        if room() <= 0:
+            break
+        new = tuple(sorted((*combo, g)))
+        if not all(rung_of[f].on_top for f in new[1:]):
+            continue  # it would have to run on another family's model
+        k = max(n for n in range(1, len(new) + 1) if new[:n] in measured)
+        prev = measured[new[:k]]
+        planned = _continued(
+            *prev,
+            kept,
+            label=" + ".join(rung_of[f].label for f in new),
+            steps=tuple(s for f in new[k:] for s in rung_of[f].steps),
+            order=(len(families) + 1, i),
+        )
+        tracker.add(1)
+        (c,) = run_wave([planned])
+        if accurate(c):
+            combo = new
+            measured[new] = (planned, c)
+
+
 def run_search(
     model: Any,
     data: Dataset,
@@ -525,6 +713,7 @@ def run_search(
     resources: Resources | None = None,
     log: Log = lambda message: None,
     job_fn: Callable[[SearchShared, CandidateJob], Outcome] = run_candidate,
+    trust_model: bool = False,
 ) -> SearchResult:
     """Try the ladder on the Keras ``model``; return the most compressed candidate that fits.
 
@@ -533,7 +722,8 @@ def run_search(
     on each measurement. ``objective`` ranks the candidates that meet both
     (default: the profile's; without a profile, the download size). ``job_fn`` is
     what each job runs (a module-level function, so a worker can import it); tests
-    wrap ``run_candidate`` with it.
+    wrap ``run_candidate`` with it. ``trust_model`` (``--trust-model``) lets every job
+    load a model that carries code (a Lambda layer).
     """
     if data.y_val is None or data.y_train is None:
         raise InputError("the accuracy-aware search needs labeled data; give --data")
@@ -552,6 +742,10 @@ def run_search(
         epochs_scale=epochs_scale,
         threads=threads,
         objective=objective,
+        measure_arena=profile is not None
+        and profile.is_micro
+        and profile.budgets.ram_bytes is not None,
+        trust_model=trust_model,
     )
     resources = resources or candidate_resources()
     # The candidate cap is spent up front, in ladder order, so it never depends on timing.
@@ -564,6 +758,7 @@ def run_search(
     tried: list[tuple[tuple[int, int], Candidate]] = []
     # Plan order -> the candidate's artifact and Keras model, until the choice is made.
     kept: dict[tuple[int, int], tuple[Measurement, bytes | None]] = {}
+    plans: dict[tuple[int, int], _Planned] = {}  # plan order -> the job run there
 
     def accurate(c: Candidate) -> bool:
         return c.measurement is not None and (c.accuracy_drop or 0.0) <= max_accuracy_drop + 1e-9
@@ -581,6 +776,7 @@ def run_search(
             if isinstance(outcome, Outcome) and outcome.measurement is not None:
                 kept[wave[i].order] = (outcome.measurement, outcome.model)
             results[i] = c
+            plans[wave[i].order] = wave[i]
             tracker.done(c)
         out = [c for c in results if c is not None]
         tried.extend(zip((p.order for p in wave), out, strict=True))
@@ -598,7 +794,8 @@ def run_search(
             for i, f in enumerate(families)
             if f
         ]
-        strongest: dict[int, Rung] = {}  # family -> its strongest rung within the bound
+        # family -> the job and candidate of its strongest rung within the bound
+        strongest: dict[int, tuple[_Planned, Candidate]] = {}
         while wave:
             candidates = run_wave(wave)
             nxt: list[_Planned] = []
@@ -609,35 +806,50 @@ def run_search(
                 if not accurate(c):
                     tracker.skip(len(families[f]) - r - 1)  # stronger rungs would lose more
                     continue
-                strongest[f] = families[f][r]
+                strongest[f] = (planned, c)
                 if r + 1 < len(families[f]):
                     nxt.append(_next_rung(families[f][r + 1], planned, c, kept, f, r + 1))
             wave = nxt
-        rungs = [strongest[f] for f in sorted(strongest)]
-        room = max_candidates - len(tried)
-        if ladder.combine and len(rungs) >= 2 and room > 0:
-            combo = len(families) + 1
-            tracker.add(1)
-            (full,) = run_wave([_Planned(job=_combined(rungs), order=(combo, 0))])
-            if not accurate(full) and len(rungs) > 2:
-                # All of them together lose too much: try each family left out in turn.
-                rest = [[r for r in rungs if r is not skip] for skip in rungs][: room - 1]
-                tracker.add(len(rest))
-                run_wave(
-                    [
-                        _Planned(job=_combined(group), order=(combo, i + 1))
-                        for i, group in enumerate(rest)
-                    ]
-                )
+        if ladder.combine and len(strongest) >= 2:
+            _stack(
+                strongest,
+                families,
+                objective,
+                kept,
+                run_wave,
+                tracker,
+                accurate,
+                room=lambda: max_candidates - len(tried),
+            )
+        if ladder.qat is not None and len(tried) < max_candidates:
+            qat = _qat_job(
+                ladder.qat,
+                tried,
+                plans,
+                kept,
+                model=model,
+                data=data,
+                max_accuracy_drop=max_accuracy_drop,
+                objective=objective,
+                trust_model=trust_model,
+                order=(len(families) + 2, 0),
+            )
+            if qat is not None:
+                tracker.add(1)
+                run_wave([qat])
     tried.sort(key=lambda t: t[0])
     latency_method = f"LiteRT on this host, {threads} thread(s), median of single invokes"
     if objective is Objective.LATENCY:
         # Timed in different jobs (maybe at once, on a busy host), latencies do not compare:
-        # the eligible candidates are timed again here, side by side, before the choice.
-        tried = _side_by_side(tried, kept, data.x_val, threads)
+        # the eligible candidates are timed again here, side by side, before the choice; at
+        # one thread, since more fight the host's other work and swamp the differences
+        # (edgec.objective.LATENCY_MARGIN says what was measured).
+        tried = _side_by_side(tried, kept, data.x_val, RANKING_THREADS)
         latency_method += (
-            "; candidates within the bound and budgets timed side by side in one process "
-            "(interleaved rounds): a host figure that ranks them, not the device's latency"
+            f"; candidates within the bound and budgets timed again side by side at "
+            f"{RANKING_THREADS} thread in one process (interleaved rounds), those within "
+            f"{LATENCY_MARGIN:.0%} of the fastest tied: a host figure that ranks them, not "
+            "the device's latency"
         )
     in_order = [c for _, c in tried]
     chosen, met = choose(in_order, max_accuracy_drop, objective)
@@ -655,7 +867,7 @@ def run_search(
     )
     return SearchResult(
         chosen=chosen,
-        model=model if model_bytes is None else keras_from_bytes(model_bytes),
+        model=model if model_bytes is None else keras_from_bytes(model_bytes, trust=trust_model),
         met=met,
         reference_accuracy=float(reference_accuracy),
         max_accuracy_drop=max_accuracy_drop,
@@ -672,12 +884,6 @@ def candidate_resources() -> Resources:
 
     gpus = tf.config.list_physical_devices("GPU")
     return Resources(num_cpus=1.0, num_gpus=1.0 if gpus else 0.0)
-
-
-def _combined(rungs: Sequence[Rung]) -> CandidateJob:
-    return CandidateJob(
-        label=" + ".join(r.label for r in rungs), steps=tuple(s for r in rungs for s in r.steps)
-    )
 
 
 def _candidate(

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgec.errors import RecipeError, UnsupportedModelError
-from edgec.passes.common import KerasPass, validate_params
+from edgec.passes.common import KerasPass, copy_model, validate_params
 from edgec.passes.prune import Scope
 from edgec.pipeline import PassContext, PassResult, Requirements, count_params
 
@@ -363,6 +363,28 @@ def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray]) -> Any:
     return new
 
 
+def kept_channels(model: Any, params: PruneChannelsParams) -> tuple[_Graph, dict[int, np.ndarray]]:
+    """The channel graph of ``model`` and the kept indices of every space that loses channels."""
+    g = _analyse(model, params)
+    kept = _choose(_scores(model, g, params), params)
+    return g, {r: k for r, k in kept.items() if len(k) < g.width[r]}
+
+
+def narrow(model: Any, params: PruneChannelsParams) -> tuple[Any, dict[str, np.ndarray]]:
+    """``model`` with its least important channels removed (no fine-tuning), and the kept
+    output channels of every Conv/Dense layer by name (all of them where none were removed).
+
+    ``distill`` uses it to start a narrow student from the teacher's own weights.
+    """
+    g, kept = kept_channels(model, params)
+    by_layer = {
+        name: kept.get(g.find(space), np.arange(g.width[space]))
+        for space, names in g.producers.items()
+        for name in names
+    }
+    return (_rebuild(model, g, kept) if kept else copy_model(model)), by_layer
+
+
 class PruneChannelsPass(KerasPass):
     id: ClassVar[str] = "prune-channels"
     Params: ClassVar[type] = PruneChannelsParams
@@ -376,10 +398,7 @@ class PruneChannelsPass(KerasPass):
     def apply(self, model: Any, ctx: PassContext) -> PassResult:
         p: PruneChannelsParams = self.params
         teacher = self.soft_targets(model, ctx)
-        g = _analyse(model, p)
-        scores = _scores(model, g, p)
-        kept = _choose(scores, p)
-        kept = {r: k for r, k in kept.items() if len(k) < g.width[r]}
+        g, kept = kept_channels(model, p)
         if not kept:
             return PassResult(
                 model=model,

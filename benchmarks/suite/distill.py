@@ -1,0 +1,288 @@
+"""Distillation at equal epochs: how much of the student/teacher gap the ``distill`` pass closes.
+
+For each data set a teacher is trained once (its own, longer budget). Then, for
+every seed, the width-``w`` student is trained by the ``distill`` pass itself,
+so every condition has the same optimizer (Adam, cosine decay to a tenth), the
+same epochs, batch size and best-epoch choice on held-out training rows:
+
+- ``alone_random``: labels only (``alpha = 0``, no mixup), fresh initialization;
+- ``alone_teacher_init``: labels only, started from the teacher's sliced channels
+  (``init = teacher``), the fair baseline for the defaults, which start there too;
+- ``distilled_random_init``: the pass's defaults but a fresh student (logits alone);
+- ``distilled``: the pass's defaults.
+
+``gap_closed`` = (distilled - alone) / (teacher - alone), on the seed means, for
+each baseline. Accuracy is Keras float32 top-1 on the validation split, on the
+host. The defaults were tuned on ``digits_cnn`` only (``role: tuned``); the other
+data sets (``role: judged``) never fed a choice of default.
+
+    python benchmarks/suite/distill.py [--seeds 0 1 2] [--only digits_cnn] [--set alpha=0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+from common import RESULTS, host_facts, write_result
+
+WIDTH = 0.25  # the search ladder's narrower rung, where a narrow student has a real gap
+
+
+def _digits() -> tuple[Any, Any, int]:
+    from edgec.data import demo_dataset
+    from edgec.demo import train_demo_model
+
+    data = demo_dataset()
+    return data, train_demo_model(data, epochs=30), 30
+
+
+def _signal() -> tuple[Any, Any, int]:
+    """Noisy chirps, 8 classes a cycle apart, 4,000 rows: 1,000 validation rows, 0.1 pt each."""
+    import keras
+
+    from edgec.data import Dataset
+
+    rng = np.random.default_rng(3)
+    n, length = 4000, 128
+    t = np.linspace(0, 1, length, dtype=np.float32)
+    y = rng.integers(0, 8, n)
+    f0 = 2.0 + 1.0 * y[:, None]
+    phase = rng.uniform(0, 2 * np.pi, (n, 1))
+    amp = rng.uniform(0.5, 1.5, (n, 1))
+    x = amp * np.sin(2 * np.pi * (f0 * t + 2 * t**2) + phase) + rng.standard_normal((n, length))
+    x = x[..., None].astype(np.float32)
+    cut = n - 1000
+    data = Dataset(
+        x_train=x[:cut],
+        y_train=y[:cut],
+        x_val=x[cut:],
+        y_val=y[cut:],
+        source="synthetic chirps: 8 classes, noise sigma 1, seeded",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((length, 1)),
+            keras.layers.Conv1D(32, 7, activation="relu"),
+            keras.layers.MaxPooling1D(2),
+            keras.layers.Conv1D(64, 5, activation="relu"),
+            keras.layers.MaxPooling1D(2),
+            keras.layers.Conv1D(64, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(8, activation="softmax"),
+        ],
+        name="signal_cnn",
+    )
+    return data, _fit(model, data, 30), 30
+
+
+def _tabular() -> tuple[Any, Any, int]:
+    """scikit-learn make_classification: 6,000 rows, 8 classes, 1,500 validation rows."""
+    import keras
+    from sklearn.datasets import make_classification
+
+    from edgec.data import Dataset, split_train_val
+
+    x, y = make_classification(
+        n_samples=6000,
+        n_features=24,
+        n_informative=16,
+        n_redundant=4,
+        n_classes=8,
+        n_clusters_per_class=2,
+        class_sep=1.2,
+        flip_y=0.01,
+        random_state=7,
+    )
+    xt, yt, xv, yv = split_train_val(x.astype(np.float32), y.astype(np.int64), 0.25, 0)
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    data = Dataset(
+        x_train=(xt - mean) / std,
+        y_train=yt,
+        x_val=(xv - mean) / std,
+        y_val=yv,
+        source="scikit-learn make_classification (24 features, 8 classes), standardized",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((24,)),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(8, activation="softmax"),
+        ],
+        name="tabular_mlp",
+    )
+    return data, _fit(model, data, 40), 40
+
+
+def _fit(model: Any, data: Any, epochs: int) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+# name -> (builder, role). Only digits_cnn was used to choose the pass's defaults.
+CASES = {
+    "digits_cnn": (_digits, "tuned"),
+    "signal_conv1d": (_signal, "judged"),
+    "tabular_mlp": (_tabular, "judged"),
+}
+CONDITIONS: dict[str, dict[str, Any]] = {
+    "alone_random": {"alpha": 0.0, "mixup": 0.0, "init": "random"},
+    "alone_teacher_init": {"alpha": 0.0, "mixup": 0.0, "init": "teacher"},
+    "distilled_random_init": {"init": "random"},
+    "distilled": {},
+}
+
+
+def _accuracy(model: Any, data: Any) -> float:
+    pred = model.predict(data.x_val, verbose=0, batch_size=256)
+    return float(np.mean(np.argmax(pred, -1) == data.y_val))
+
+
+def run_case(
+    name: str, seeds: list[int], overrides: dict[str, Any], conditions: list[str]
+) -> dict[str, Any]:
+    from edgec.passes.distill import DistillParams, DistillPass
+    from edgec.pipeline import PassContext, PassManager, count_params
+
+    build, role = CASES[name]
+    start = time.perf_counter()
+    data, teacher, teacher_epochs = build()
+    teacher_acc = _accuracy(teacher, data)
+    base = {"width": WIDTH, **overrides}
+    out: dict[str, Any] = {
+        "role": role,
+        "data": data.describe(),
+        "validation_rows": len(data.y_val),
+        "one_row_pt": round(100 / len(data.y_val), 3),
+        "teacher_params": count_params(teacher),
+        "teacher_epochs": teacher_epochs,
+        "teacher_accuracy": round(teacher_acc, 4),
+        "params": {**DistillParams(**base).__dict__, "init": str(DistillParams(**base).init)},
+        "conditions": {},
+    }
+    for cond in conditions:
+        accs = []
+        for seed in seeds:
+            step = DistillPass(DistillParams(**{**base, **CONDITIONS[cond]}))
+            student, records = PassManager([step]).run(teacher, PassContext(data=data, seed=seed))
+            accs.append(_accuracy(student, data))
+            print(
+                f"{name} {cond} seed {seed}: {accs[-1]:.4f} (teacher {teacher_acc:.4f})", flush=True
+            )
+        out["student_params"] = count_params(student)
+        out["conditions"][cond] = {
+            "overrides": CONDITIONS[cond],
+            "accuracy": [round(a, 4) for a in accs],
+            "mean": round(statistics.mean(accs), 4),
+            "stdev": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+            "epochs": records[0].details["epochs"],
+        }
+    c = out["conditions"]
+    for alone in ("alone_random", "alone_teacher_init"):
+        for dist in ("distilled", "distilled_random_init"):
+            if alone in c and dist in c:
+                gap = teacher_acc - c[alone]["mean"]
+                frac = (c[dist]["mean"] - c[alone]["mean"]) / gap if gap > 0 else None
+                out[f"gap_closed_{dist}_vs_{alone}"] = None if frac is None else round(frac, 3)
+    out["gap_pt_alone_teacher_init"] = (
+        round(100 * (teacher_acc - c["alone_teacher_init"]["mean"]), 2)
+        if "alone_teacher_init" in c
+        else None
+    )
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _met(cases: dict[str, Any]) -> bool:
+    """Half the same-init gap closed on every judged set; where labels alone from the teacher
+    init already reach the teacher there is no gap, and the distilled mean must reach it too."""
+    judged = [c for c in cases.values() if c["role"] == "judged"]
+    ok = []
+    for c in judged:
+        frac = c.get("gap_closed_distilled_vs_alone_teacher_init")
+        if c.get("gap_pt_alone_teacher_init") is not None and c["gap_pt_alone_teacher_init"] <= 0:
+            ok.append(c["conditions"]["distilled"]["mean"] >= c["teacher_accuracy"])
+        else:
+            ok.append(frac is not None and frac >= 0.5)
+    return bool(judged) and all(ok)
+
+
+def _summary(cases: dict[str, Any]) -> dict[str, Any]:
+    return {
+        n: {k: v for k, v in c.items() if k.startswith("gap") or k == "teacher_accuracy"}
+        | {k: v["mean"] for k, v in c["conditions"].items()}
+        for n, c in cases.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument(
+        "--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS)
+    )
+    parser.add_argument("--set", nargs="*", default=[], help="pass overrides KEY=VALUE (tuning)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="combine the cases of earlier runs' JSON into --out"
+    )
+    args = parser.parse_args()
+    if args.merge:
+        import json
+
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        payload = {**parts[0], "cases": {k: v for p in parts for k, v in p["cases"].items()}}
+        payload["seconds"] = sum(p["seconds"] for p in parts)
+        payload["runs"] = [{"cases": list(p["cases"]), "host": p["host"]} for p in parts]
+        payload["met_on_judged"] = _met(payload["cases"])
+        write_result(args.out, payload, show=_summary(payload["cases"]))
+        return
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    host = host_facts()
+    start = time.perf_counter()
+    cases = {name: run_case(name, args.seeds, overrides, args.conditions) for name in args.only}
+    payload = {
+        "benchmark": "distill",
+        "method": (
+            "host, Keras float32 top-1 on each validation split; students trained by the distill "
+            "pass (same epochs, optimizer, schedule and best-epoch rule in every condition), "
+            f"width {WIDTH}, seeds {args.seeds}; teacher trained once per data set"
+        ),
+        "overrides": overrides,
+        "target": (
+            "distilled closes >= half the gap on every judged data set, against the student "
+            "trained on labels alone from the same (teacher) initialization"
+        ),
+        "met_on_judged": _met(cases),
+        "cases": cases,
+        "seconds": round(time.perf_counter() - start, 1),
+        "host": host,
+    }
+    write_result(args.out, payload, show=_summary(cases))
+
+
+if __name__ == "__main__":
+    main()
