@@ -16,7 +16,7 @@ distill) at its defaults, two drops on the validation split, in points:
 Writes benchmarks/results/unseen_defaults.json (``compression.py`` runs this
 too and writes the same file).
 
-    python benchmarks/suite/unseen_defaults.py [--quick] [--threads 1]
+    python benchmarks/suite/unseen_defaults.py [--quick] [--threads 1] [--passes prune,qat]
 """
 
 from __future__ import annotations
@@ -132,7 +132,9 @@ def _artifact_accuracy(model, data, quantization: str, threads: int) -> float:
     return float(evaluate(content, data, threads=threads, latency=False).metrics["accuracy"])
 
 
-def measure(*, threads: int = 1, quick: bool = False) -> dict[str, Any]:
+def measure(
+    *, threads: int = 1, quick: bool = False, passes: tuple[str, ...] = PASSES
+) -> dict[str, Any]:
     """Every pass's default drops on every unseen case; ``targets`` says met/missed per pair."""
     import keras
 
@@ -169,7 +171,7 @@ def measure(*, threads: int = 1, quick: bool = False) -> dict[str, Any]:
             "one_row_pt": round(100 / len(data.y_val), 2),
             "passes": {},
         }
-        for pid in PASSES:
+        for pid in passes:
             t0 = time.perf_counter()
             step = Step(id=pid, params={})
             try:
@@ -245,11 +247,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--passes", default=",".join(PASSES), help="comma-separated pass ids (default: all)"
+    )
     args = parser.parse_args()
+    passes = tuple(x.strip() for x in args.passes.split(",") if x.strip())
+    if unknown := set(passes) - set(PASSES):
+        parser.error(f"--passes: unknown {sorted(unknown)}; valid: {', '.join(PASSES)}")
     host = host_facts()
-    default = RESULTS if not args.quick else Path(tempfile.gettempdir())
+    # Only the full run replaces the recorded figures.
+    full = not args.quick and set(passes) == set(PASSES)
+    default = RESULTS if full else Path(tempfile.gettempdir())
     payload = {"benchmark": "unseen_defaults", "quick": args.quick, "code": code_version()}
-    payload |= measure(threads=args.threads, quick=args.quick)
+    payload |= measure(threads=args.threads, quick=args.quick, passes=passes)
     payload["host"] = host
     write_result(args.out or default / "unseen_defaults.json", payload, show=payload["targets"])
 
