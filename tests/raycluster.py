@@ -25,7 +25,6 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 _ADDRESS: list[str] = []
-_TEMP: list[str] = []  # the head node's --temp-dir: names its raylet among other clusters
 
 __all__ = ["RAY_CLI", "free_port", "head_cluster", "running_tasks"]
 
@@ -63,17 +62,14 @@ def head_cluster(config: Any) -> str:
     config.add_cleanup(stop)
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     _ADDRESS.append(address)
-    _TEMP.append(temp)
     return address
 
 
 def running_tasks(name: str) -> list[str]:
-    """This cluster's workers running ``name``: Ray titles such a worker ``ray::<function>``.
+    """Workers running ``name``: Ray titles such a worker ``ray::<function>``.
 
-    Only children of this head node's raylet count: other sessions on the machine may run
-    Ray clusters of their own.
+    Machine-wide: a worker's title replaces its command line, so nothing in it says
+    which cluster it belongs to (another session's Ray tests would count too).
     """
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
-    rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
-    ours = {pid for pid, _, args in rows if "raylet" in args and _TEMP and _TEMP[0] in args}
-    return [args for _, ppid, args in rows if ppid in ours and args.startswith(f"ray::{name}")]
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith(f"ray::{name}")]
