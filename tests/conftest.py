@@ -128,9 +128,11 @@ def residual_keras_file(tmp_path_factory, digits) -> Path:
     return path
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def run_cli():
-    """Invoke the real click CLI in-process; returns (exit code, stdout, stderr)."""
+    """Invoke the real click CLI in-process; returns (exit code, stdout, stderr).
+
+    Session-scoped (it holds no state), so module fixtures can build through it too."""
     from click.testing import CliRunner
 
     from edgec.cli import main

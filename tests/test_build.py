@@ -14,9 +14,9 @@ from edgec.artifact import write_artifact
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, cnn_keras_file, digits_npz, run_cli_module):
+def built(tmp_path_factory, cnn_keras_file, digits_npz, run_cli):
     out = tmp_path_factory.mktemp("out")
-    code, stdout, stderr = run_cli_module(
+    code, stdout, stderr = run_cli(
         "build",
         cnn_keras_file,
         "--target",
@@ -31,19 +31,6 @@ def built(tmp_path_factory, cnn_keras_file, digits_npz, run_cli_module):
     )
     assert code == 0, stderr
     return out / "tiny_cnn", json.loads(stdout), stderr
-
-
-@pytest.fixture(scope="module")
-def run_cli_module():
-    from click.testing import CliRunner
-
-    from edgec.cli import main
-
-    def run(*args):
-        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        return r.exit_code, r.stdout, r.stderr
-
-    return run
 
 
 def test_build_writes_artifact_per_target(built):
@@ -82,34 +69,32 @@ def test_manifest_records_everything(built, cnn_keras_file):
     }
 
 
-def test_inspect_and_eval_cli(built, digits_npz, run_cli_module):
+def test_inspect_and_eval_cli(built, digits_npz, run_cli):
     root, _, _ = built
     model = root / "rpi4" / "model.tflite"
-    code, out, _ = run_cli_module("inspect", model, "--json")
+    code, out, _ = run_cli("inspect", model, "--json")
     info = json.loads(out)
     assert code == 0 and info["ops"]["CONV_2D"] == 1 and info["param_count"] > 1000
     assert info["macs"] == 8 * 8 * 8 * 9 + 512 * 32 + 32 * 10  # conv + two dense layers
-    code, out, _ = run_cli_module("inspect", model)
+    code, out, _ = run_cli("inspect", model)
     assert (
         code == 0
         and "FULLY_CONNECTED" in out
         and "scale" not in out.split("inputs:")[1].split("\n")[1]
     )
-    code, out, _ = run_cli_module("eval", model, "--data", digits_npz, "--json")
+    code, out, _ = run_cli("eval", model, "--data", digits_npz, "--json")
     assert code == 0 and json.loads(out)["accuracy"] > 0.85
 
 
-def test_budget_failure_writes_nothing_unless_kept(
-    tmp_path, cnn_keras_file, digits_npz, run_cli_module
-):
+def test_budget_failure_writes_nothing_unless_kept(tmp_path, cnn_keras_file, digits_npz, run_cli):
     profile = tmp_path / "tight.toml"
     profile.write_text('extends = "rpi4"\n[budgets]\nmodel_bytes = 1000\n')
-    code, _, err = run_cli_module(
+    code, _, err = run_cli(
         "build", cnn_keras_file, "-t", profile, "-d", digits_npz, "-o", tmp_path / "o"
     )
     assert code == 5 and "model_bytes" in err and "exceeds 1,000 B" in err
     assert not (tmp_path / "o" / "tiny_cnn" / "tight").exists()
-    code, _, _ = run_cli_module(
+    code, _, _ = run_cli(
         "build",
         cnn_keras_file,
         "-t",
@@ -144,8 +129,8 @@ def test_artifact_write_is_atomic(tmp_path, real_build):
     assert sorted(p.name for p in target.parent.iterdir()) == ["rpi4"]  # no temp folder left
 
 
-def test_demo_builds_rpi4(tmp_path, run_cli_module):
-    code, out, err = run_cli_module("demo", "--epochs", "3", "--out", tmp_path, "--json")
+def test_demo_builds_rpi4(tmp_path, run_cli):
+    code, out, err = run_cli("demo", "--epochs", "3", "--out", tmp_path, "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["model"] == "digits_cnn" and result["baseline"]["accuracy"] > 0.5
@@ -159,7 +144,7 @@ def _cli(*args, cwd: Path):
     )
 
 
-def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digits, run_cli_module):
+def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digits, run_cli):
     import numpy as np
 
     (tmp_path / "corrupt.tflite").write_bytes(b"\x18\0\0\0TFL3" + bytes(range(256)) * 4)
@@ -189,7 +174,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, cnn_keras_file, digit
             proc = _cli(*args, cwd=tmp_path)
             got, err = proc.returncode, proc.stderr
         else:
-            got, _, err = run_cli_module(*args)
+            got, _, err = run_cli(*args)
         lines = [ln for ln in err.splitlines() if ln.startswith("edgec: error:")]
         assert got == code, (args, err)
         assert len(lines) == 1 and needle in lines[0], (args, err)
@@ -247,7 +232,7 @@ def test_search_keeps_the_smallest_within_bound_and_ships_the_measured_bytes(
 
 
 @pytest.mark.parametrize("target", ["cortex-m4", "rpi4"])
-def test_build_from_manifest_is_byte_identical(real_build, tmp_path, target):
+def test_build_from_manifest_is_byte_identical(real_build, tmp_path, target, run_cli):
     """`edgec build --from-manifest` replays profile, recipe, search, seed and calibration."""
     from edgec.manifest import read_manifest
 
@@ -277,7 +262,8 @@ def test_build_from_manifest_is_byte_identical(real_build, tmp_path, target):
     # Other data than the manifest records is refused, naming both.
     other = tmp_path / "other.npz"
     other.write_bytes(Path(recorded.replay.data).read_bytes() + b"\0")
-    run = _cli(
+    # In this process: the replay above is the one that must run in a fresh process.
+    code, _, err = run_cli(
         "build",
         recorded.model.source,
         "--data",
@@ -286,6 +272,5 @@ def test_build_from_manifest_is_byte_identical(real_build, tmp_path, target):
         real_build / target / "manifest.json",
         "--out",
         out,
-        cwd=tmp_path,
     )
-    assert run.returncode == 3 and "not the data the manifest records" in run.stderr
+    assert code == 3 and "not the data the manifest records" in err

@@ -352,7 +352,7 @@ def test_budgets_are_judged_on_the_measured_link(int8_model, linked, tmp_path):
         )
 
 
-def test_firmware_elf_from_the_command_line(int8_model, linked, tmp_path):
+def test_firmware_elf_from_the_command_line(int8_model, linked, tmp_path, run_cli):
     import json
     from pathlib import Path
 
@@ -387,19 +387,21 @@ def test_firmware_elf_from_the_command_line(int8_model, linked, tmp_path):
         ]
     )
     model.save(tmp_path / "tiny.keras")
-    proc = run(
+    # The builds run the CLI in this process (TensorFlow is loaded once); `inspect` above ran
+    # as a real process.
+    code, _, err = run_cli(
         "build",
-        "tiny.keras",
+        tmp_path / "tiny.keras",
         "-t",
         "cortex-m4",
         "--firmware-elf",
-        str(path),
+        path,
         "--out",
-        "out",
+        tmp_path / "out",
         "--calibration-size",
         "32",
     )
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     folder = tmp_path / "out" / "tiny" / "cortex-m4"
     manifest = json.loads((folder / "manifest.json").read_text())
     shipped = (folder / "model.tflite").read_bytes()
@@ -410,6 +412,15 @@ def test_firmware_elf_from_the_command_line(int8_model, linked, tmp_path):
     assert any("g_model" in n and "in its place" in n for n in micro["notes"])
     flash = next(c for c in manifest["budgets"]["checks"] if c["name"] == "flash_bytes")
     assert flash["value"] == micro["flash"]["bytes"] and not flash["estimate"]
-    proc = run("build", "tiny.keras", "-t", "rpi4", "--firmware-elf", str(path), "--out", "o2")
-    assert proc.returncode == 2 and "for microcontroller targets" in proc.stderr
+    code, _, err = run_cli(
+        "build",
+        tmp_path / "tiny.keras",
+        "-t",
+        "rpi4",
+        "--firmware-elf",
+        path,
+        "--out",
+        tmp_path / "o2",
+    )
+    assert code == 2 and "for microcontroller targets" in err
     assert not (tmp_path / "o2").exists()

@@ -667,10 +667,9 @@ def _compress(ctx: TargetContext) -> Compression:
         log=log,
         trust_model=req.trust_model,
     )
-    with code_allowed(req.trust_model):  # a trusted Lambda is rebuilt by every clone
-        clone = keras.models.clone_model(model.keras)
-        clone.set_weights(model.keras.get_weights())
-        compressed, records = PassManager(recipe.instantiate()).run(clone, pctx)
+    # The manager hands each pass a copy: model.keras, shared by the targets, stays as loaded.
+    with code_allowed(req.trust_model):  # a trusted Lambda is rebuilt by every copy
+        compressed, records = PassManager(recipe.instantiate()).run(model.keras, pctx)
     done = Compression(
         source=compressed, recipe=recipe.to_list(), passes=[r.to_dict() for r in records]
     )
@@ -680,23 +679,13 @@ def _compress(ctx: TargetContext) -> Compression:
 
 
 def measurements(entry: ArtifactEntry, micro_report: Any = None) -> Measurements:
-    """The figures of one artifact that its budgets judge (``micro_report``: its TFLM fit)."""
+    """The figures of one artifact that its budgets judge (``micro_report``: its TFLM fit,
+    whose flash and RAM figures say what measured them)."""
     drop = entry.metrics.accuracy_drop
-    figures: dict[str, Figure] = {}
-    if micro_report is not None:
-        for c in micro_report.budget_checks():  # flash and RAM, as the fit report measured them
-            estimate = bool(c.get("estimate"))
-            if c["name"] == "flash_bytes":
-                source = Source.ESTIMATE if estimate else Source.ARTIFACT
-            else:  # the TFLM arena, run on the host: the target's runtime, not the target
-                source = Source.EMULATOR
-            figures[c["name"]] = Figure(
-                value=c["value"], source=source, estimate=estimate, detail=c.get("detail", "")
-            )
-    return Measurements(
+    micro = micro_report.figures() if micro_report is not None else Measurements()
+    return dataclasses.replace(
+        micro,
         model_bytes=Figure(value=entry.bytes, source=Source.ARTIFACT),
-        flash_bytes=figures.get("flash_bytes"),
-        ram_bytes=figures.get("ram_bytes"),
         accuracy_drop=None if drop is None else Figure(value=drop, source=Source.HOST),
     )
 
