@@ -9,10 +9,11 @@ Heavy libraries are imported inside the commands, so ``edgec --help`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,19 @@ def _usage_error(exc: click.ClickException, *, as_json: bool) -> int:
     return code
 
 
-_USES_TENSORFLOW = {"build", "demo", "eval"}
+def _imports_tensorflow(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Import TensorFlow quietly when the command starts: after click has checked the
+    options, so a usage error never waits for the import (or prints its chatter)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not click.get_current_context().meta.get("edgec.debug"):
+            from edgec.quiet import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -115,11 +128,6 @@ def main() -> None:
     """
     # TensorFlow's C++ start-up chatter is noise for a CLI user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    ctx = click.get_current_context()
-    if ctx.invoked_subcommand in _USES_TENSORFLOW and not ctx.meta.get("edgec.debug"):
-        from edgec.quiet import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
 
 
 def emit_json(payload: Any) -> None:
@@ -332,6 +340,7 @@ _RAY_ADDRESS = click.option(
     "calibration); MODEL and --data must be the files it records.",
 )
 @_JSON
+@_imports_tensorflow
 def build(
     model: Path | None,
     targets: tuple[str, ...],
@@ -404,6 +413,7 @@ def build(
 @_executor_option("Where the builds run, one (model, target) per job")
 @_RAY_ADDRESS
 @_JSON
+@_imports_tensorflow
 def batch(
     batch_file: Path, out: Path, executor: str, ray_address: str | None, as_json: bool
 ) -> None:
@@ -448,6 +458,7 @@ def batch(
 @_OUT
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @_JSON
+@_imports_tensorflow
 def demo(out: Path, epochs: int, as_json: bool) -> None:
     """Train a small CNN on offline handwritten digits and build it for rpi4 and cortex-m4."""
     from edgec import build as build_mod
@@ -487,6 +498,7 @@ def inspect(model: Path, target: str | None, firmware_elf: Path | None, as_json:
 @click.option("--data", "-d", required=True, help="An .npz file, an image folder, or 'demo'.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @_JSON
+@_imports_tensorflow
 def eval_(model: Path, data: str, threads: int, as_json: bool) -> None:
     """Accuracy and host latency of a .tflite on labeled data."""
     from edgec.inspect import evaluate_tflite
