@@ -181,6 +181,14 @@ def _build(table: dict[str, Any], where: str, base: Path, out: Path) -> BatchBui
             f"{where}: objective = {objective!r} ranks the search's candidates; "
             "set search = true or max_accuracy_drop too"
         )
+    given = {  # a key the file leaves out keeps BuildRequest's default, as edgec build's does
+        "max_accuracy_drop": None if drop is None else float(drop),
+        "objective": None if objective is None else Objective(objective),
+        "quantization": None if quantization is None else Quantization(quantization),
+        "calibration_size": size,
+        "seed": seed,
+        "epochs_scale": None if scale is None else float(scale),
+    }
     request = BuildRequest(
         model=model,
         targets=tuple(targets),
@@ -189,14 +197,9 @@ def _build(table: dict[str, Any], where: str, base: Path, out: Path) -> BatchBui
         recipe=recipe,
         overrides=tuple(passes),
         search=search,
-        max_accuracy_drop=None if drop is None else float(drop),
-        objective=None if objective is None else Objective(objective),
-        quantization=None if quantization is None else Quantization(quantization),
-        calibration_size=300 if size is None else size,
-        seed=0 if seed is None else seed,
-        epochs_scale=1.0 if scale is None else float(scale),
         keep_failed=flag("keep_failed"),
         trust_model=flag("trust_model"),
+        **{k: v for k, v in given.items() if v is not None},
     )
     profiles = []
     for t in targets:
