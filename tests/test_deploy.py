@@ -96,6 +96,9 @@ def env(tmp_path_factory):
     mp.delenv("SSH_AUTH_SOCK", raising=False)
     mp.delenv("EDGEC_DEVICES", raising=False)
     mp.setenv("EDGEC_PROGRESS", "0")
+    # The local device's folder (and anything else edgec caches) starts empty in every run:
+    # CI keeps $XDG_CACHE_HOME between runs, and a model left there changes what bench logs.
+    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
     try:
         yield client, server, root
     finally:
@@ -645,6 +648,13 @@ def test_arch_mismatch_is_refused_unless_allowed(env, models, tmp_path):
     assert result["measured"]["profile_arch"] == other
     assert result["budgets"]["checks"] == [] and "not judged" in result["budgets"]["note"]
     assert "MISMATCH" in out and "ARCH MISMATCH" in err
+
+    # The model is on the device now, so bench takes its no-upload path: it still refuses,
+    # and the labelled result stored above is left as it was.
+    stored = (art / "results" / "bench-local.json").read_bytes()
+    code, out, err = cli("bench", str(art), "--runs", "3")
+    assert code == 6 and f"profile 'rpi4' is for {other}" in err.strip().splitlines()[-1]
+    assert (art / "results" / "bench-local.json").read_bytes() == stored
 
 
 def test_emulated_latency_and_ram_are_never_judged(env, models, tmp_path, monkeypatch):
