@@ -287,18 +287,10 @@ def size_stages(item: ArtifactData) -> list[tuple[str, float]]:
         stages.append(("float32", float(base)))
     passes = [p for p in item.manifest.get("passes") or [] if isinstance(p, dict)]
     if _is_number(base) and any(p.get("changed") for p in passes):
-        # A pass may record the float size it produced; otherwise estimate the float32 file of
-        # the compressed model from the parameter count (no such file is ever written).
-        measured = [
-            p.get("details", {}).get("float_bytes")
-            for p in passes
-            if isinstance(p.get("details"), dict)
-        ]
-        measured = [m for m in measured if _is_number(m)]
+        # The float32 file of the compressed model is never written: its size is estimated
+        # from the parameter count.
         first, last = passes[0].get("params_before"), passes[-1].get("params_after")
-        if measured:
-            stages.append(("compressed", float(measured[-1])))
-        elif _is_number(first) and _is_number(last) and 0 < last < first:
+        if _is_number(first) and _is_number(last) and 0 < last < first:
             stages.append((ESTIMATE_LABEL, estimated_bytes(float(base), first, last)))
     for a in item.artifacts:
         name = str(a.get("quantization") or a.get("file") or "artifact")
