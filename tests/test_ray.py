@@ -267,6 +267,7 @@ def test_cli_search_with_executor_ray_prints_the_same_choice_as_local(cluster, f
     assert manifests[0]["artifacts"][0]["sha256"] == manifests[1]["artifacts"][0]["sha256"]
     assert "search 1/" in distributed.stderr and "best so far" in distributed.stderr
     assert "Traceback" not in distributed.stderr
+    assert "WARNING:tensorflow" not in local.stderr  # TensorFlow's logger is for its programmers
 
 
 def test_cli_ctrl_c_during_a_ray_search_writes_nothing(cluster, files):

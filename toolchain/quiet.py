@@ -1,4 +1,4 @@
-"""Keeping TensorFlow's and LiteRT's C++ log lines off a person's terminal.
+"""Keeping TensorFlow's and LiteRT's log lines off a person's terminal.
 
 TensorFlow, the MLIR converter and LiteRT print straight to file descriptors 1
 and 2 from C++ (CUDA probes, "Created TensorFlow Lite XNNPACK delegate", MLIR
@@ -52,4 +52,8 @@ def import_tensorflow_quietly() -> None:
         return
     with quiet_fds():
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+    # Its Python logger's warnings are for TensorFlow programmers ("5 out of the last 155
+    # calls ... triggered tf.function retracing", from evaluating each candidate), not users.
+    tensorflow.get_logger().setLevel("ERROR")
