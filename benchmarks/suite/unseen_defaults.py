@@ -200,8 +200,9 @@ def measure(
                 rows.append({"case": name, "pass": pid, "error": str(exc), "met": False})
                 print(f"  unseen {name}: {pid}: FAILED: {exc}", flush=True)
                 continue
-            float_drop = round(statistics.mean(floats), 2)
-            int8_drop = round(statistics.mean(int8s), 2)
+            # + 0.0: a mean of +x, 0 and -x rounds to -0.0, which would read as a loss
+            float_drop = round(statistics.mean(floats), 2) + 0.0
+            int8_drop = round(statistics.mean(int8s), 2) + 0.0
             case["passes"][pid] = {
                 "params": step.resolved()["params"],
                 "float_drop_pt": float_drop,
@@ -233,6 +234,7 @@ def measure(
             "every pass at its defaults; float_drop_pt: Keras float32 accuracy on the validation "
             "split, original minus pass; int8_drop_pt: the original's float32 .tflite minus the "
             f"pass's full-int8 .tflite, both run by LiteRT on this host ({threads} thread(s)); "
+            f"each the mean over pass seeds {list(seeds)} on one original model; "
             "negative = better"
         ),
         "bound_pt": BOUND_PT,
