@@ -87,10 +87,7 @@ def _signal(seed: int) -> tuple[Any, Any, int]:
 
 def _tabular(seed: int) -> tuple[Any, Any, int]:
     """scikit-learn make_classification: 6,000 rows, 8 classes, 1,500 validation rows."""
-    import keras
     from sklearn.datasets import make_classification
-
-    from edgec.data import Dataset, split_train_val
 
     x, y = make_classification(
         n_samples=6000,
@@ -103,36 +100,28 @@ def _tabular(seed: int) -> tuple[Any, Any, int]:
         flip_y=0.01,
         random_state=7,
     )
-    xt, yt, xv, yv = split_train_val(x.astype(np.float32), y.astype(np.int64), 0.25, 0)
-    mean, std = xt.mean(0), xt.std(0) + 1e-6
-    data = Dataset(
-        x_train=(xt - mean) / std,
-        y_train=yt,
-        x_val=(xv - mean) / std,
-        y_val=yv,
-        source="scikit-learn make_classification (24 features, 8 classes), standardized",
+    return _table_mlp(
+        x, y, "scikit-learn make_classification (24 features, 8 classes)", "tabular_mlp"
     )
-    model = keras.Sequential(
-        [
-            keras.Input((24,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(8, activation="softmax"),
-        ],
-        name="tabular_mlp",
-    )
-    return data, _fit(model, data, 40), 40
 
 
 def _shells(seed: int) -> tuple[Any, Any, int]:
     """scikit-learn make_gaussian_quantiles: 6 nested shells in 12 dimensions, 6,000 rows,
     1,500 validation rows; a radial boundary, unlike make_classification's clusters."""
-    import keras
     from sklearn.datasets import make_gaussian_quantiles
+
+    x, y = make_gaussian_quantiles(n_samples=6000, n_features=12, n_classes=6, random_state=5)
+    return _table_mlp(
+        x, y, "scikit-learn make_gaussian_quantiles (12 features, 6 shells)", "shells_mlp"
+    )
+
+
+def _table_mlp(x: Any, y: Any, source: str, name: str) -> tuple[Any, Any, int]:
+    """A standardized 25% validation split of a table and its 256-128 MLP teacher (40 epochs)."""
+    import keras
 
     from edgec.data import Dataset, split_train_val
 
-    x, y = make_gaussian_quantiles(n_samples=6000, n_features=12, n_classes=6, random_state=5)
     xt, yt, xv, yv = split_train_val(x.astype(np.float32), y.astype(np.int64), 0.25, 0)
     mean, std = xt.mean(0), xt.std(0) + 1e-6
     data = Dataset(
@@ -140,16 +129,16 @@ def _shells(seed: int) -> tuple[Any, Any, int]:
         y_train=yt,
         x_val=(xv - mean) / std,
         y_val=yv,
-        source="scikit-learn make_gaussian_quantiles (12 features, 6 shells), standardized",
+        source=f"{source}, standardized",
     )
     model = keras.Sequential(
         [
-            keras.Input((12,)),
+            keras.Input((x.shape[1],)),
             keras.layers.Dense(256, activation="relu"),
             keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(6, activation="softmax"),
+            keras.layers.Dense(int(y.max()) + 1, activation="softmax"),
         ],
-        name="shells_mlp",
+        name=name,
     )
     return data, _fit(model, data, 40), 40
 
