@@ -46,14 +46,15 @@ def _libc_fflush() -> None:
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras once with their start-up chatter hidden."""
+    """Import TensorFlow and Keras once with their start-up chatter hidden, and quiet
+    TensorFlow's Python logger (whoever imported it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    with quiet_fds():
-        import keras  # noqa: F401
-        import tensorflow
+    if "tensorflow" not in sys.modules:
+        with quiet_fds():
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
 
     # Its Python logger's warnings are for TensorFlow programmers ("5 out of the last 155
-    # calls ... triggered tf.function retracing", from evaluating each candidate), not users.
-    tensorflow.get_logger().setLevel("ERROR")
+    # calls ... triggered tf.function retracing", from evaluating each candidate), not users;
+    # set also when something else imported TensorFlow first (a worker unpickling a job).
+    sys.modules["tensorflow"].get_logger().setLevel("ERROR")
