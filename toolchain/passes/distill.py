@@ -16,9 +16,9 @@ defaults (T = 2, alpha = 0.5, the fine-tuning passes' own self-distillation
 weights; mixup 0.2; no features) were chosen on digits only;
 ``benchmarks/suite/distill.py`` judges them at equal epochs on data sets they
 never saw (one teacher per seed). The teacher initialization does much of the
-work, and the soft loss is not always a gain: on make_gaussian_quantiles shells,
-with an overfit teacher, the distilled student is 6 pt below labels alone, so
-a build measures a distilled student as any other candidate.
+work, and the soft loss is not always a gain: on make_gaussian_quantiles shells
+the distilled student is 6 pt below labels alone (cause not yet found), so a
+build measures a distilled student as any other candidate.
 
 ``LogitsDistillation`` needs logits, so a teacher or student that ends in a
 softmax is trained through a logits copy (the softmax removed), and the student
