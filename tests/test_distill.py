@@ -82,11 +82,28 @@ def test_defaults_beat_labels_alone_at_equal_epochs(teacher, task) -> None:
     assert distilled.details["epochs"] == alone.details["epochs"] == EPOCHS
     d, a = _acc(student, task), _acc(alone.model, task)
     assert distilled.details["student_val_accuracy"] == pytest.approx(d, abs=1e-4)
+    train = float(np.mean(np.argmax(student.predict(task.x_train, verbose=0), -1) == task.y_train))
+    assert distilled.details["train_accuracy"] == pytest.approx(train, abs=1e-4)
     # Seeded, measured on the host: teacher 0.801, labels alone 0.564, distilled 0.676
     # (1,000 validation rows, 0.1 pt each): a margin of about 4 pt below each bound.
     assert teacher_acc - a >= 0.20  # labels alone at equal epochs leave a real gap
     assert d - a >= 0.08  # the defaults recover a good part of it
     assert d >= teacher_acc - 0.15
+
+
+def test_mixup_blends_inputs_and_labels_alike() -> None:
+    """Every batch row is lam * row_i + (1 - lam) * row_j, labelled lam * onehot_i +
+    (1 - lam) * onehot_j: the hard labels are blended as the inputs are."""
+    from edgec.passes.distill import _mixup_batches
+
+    x = np.eye(10, dtype=np.float32)  # a row's entries are its weights in the blend
+    y = np.arange(10) % 4
+    batches = _mixup_batches(x, y, 4, DistillParams(batch_size=4, mixup=0.2), seed=0)
+    assert len(batches) == 3
+    for i in range(len(batches)):
+        xb, yb = batches[i]
+        np.testing.assert_allclose(xb.sum(1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(yb, xb @ np.eye(4, dtype=np.float32)[y], rtol=1e-5, atol=1e-6)
 
 
 def test_sliced_student_starts_from_the_teachers_strongest_channels(teacher) -> None:

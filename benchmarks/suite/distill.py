@@ -116,6 +116,69 @@ def _shells(seed: int) -> tuple[Any, Any, int]:
     )
 
 
+def _shapes(seed: int) -> tuple[Any, Any, int]:
+    """Noisy 16x16 outlines of four shapes (ring, square, triangle, cross) at random places
+    and sizes, 6,000 rows, 1,500 validation rows, and a small Conv2D teacher (30 epochs)."""
+    import keras
+
+    from edgec.data import Dataset
+
+    rng = np.random.default_rng(11)
+    n, size = 6000, 16
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    y = rng.integers(0, 4, n)
+    x = np.empty((n, size, size), np.float32)
+    for i, label in enumerate(y):
+        r = rng.uniform(3.0, 6.0)
+        cy, cx = rng.uniform(r, size - 1 - r, 2)
+        dy, dx = yy - cy, xx - cx
+        if label == 0:
+            shape = np.abs(np.hypot(dy, dx) - r) < 0.8
+        elif label == 1:
+            shape = np.abs(np.maximum(np.abs(dy), np.abs(dx)) - r) < 0.8
+        elif label == 2:
+            shape = _triangle(dy, dx, r) & ~_triangle(dy, dx, r - 1.5)
+        else:
+            bar_y, bar_x = np.abs(dy) < 0.8, np.abs(dx) < 0.8
+            shape = (bar_y & (np.abs(dx) <= r)) | (bar_x & (np.abs(dy) <= r))
+        x[i] = rng.uniform(0.5, 1.0) * shape + 0.4 * rng.standard_normal((size, size))
+    cut = n - 1500
+    data = Dataset(
+        x_train=x[:cut, ..., None],
+        y_train=y[:cut],
+        x_val=x[cut:, ..., None],
+        y_val=y[cut:],
+        source="synthetic shape outlines 16x16: 4 classes, noise sigma 0.4, seeded",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(4, activation="softmax"),
+        ],
+        name="shapes_cnn",
+    )
+    return data, _fit(model, data, 30), 30
+
+
+def _triangle(dy: Any, dx: Any, s: float) -> Any:
+    """The pixels of a filled triangle of size ``s`` around the offsets (dy, dx) from its centre."""
+    return (dy <= 0.6 * s) & (dy >= -s) & (np.abs(dx) <= 0.6 * (dy + s))
+
+
+def _hastie(seed: int) -> tuple[Any, Any, int]:
+    """scikit-learn make_hastie_10_2: 10 Gaussian features, two classes split by the radius
+    (chi-squared median), 6,000 rows, 1,500 validation rows."""
+    from sklearn.datasets import make_hastie_10_2
+
+    x, y = make_hastie_10_2(n_samples=6000, random_state=9)
+    return _table_mlp(x, (y > 0).astype(np.int64), "scikit-learn make_hastie_10_2", "hastie_mlp")
+
+
 def _table_mlp(x: Any, y: Any, source: str, name: str) -> tuple[Any, Any, int]:
     """A standardized 25% validation split of a table and its 256-128 MLP teacher (40 epochs)."""
     import keras
@@ -158,6 +221,8 @@ CASES = {
     "signal_conv1d": (_signal, "judged"),
     "tabular_mlp": (_tabular, "judged"),
     "shells_mlp": (_shells, "judged"),
+    "shapes_cnn": (_shapes, "judged"),
+    "hastie_mlp": (_hastie, "judged"),
 }
 CONDITIONS: dict[str, dict[str, Any]] = {
     "alone_random": {"alpha": 0.0, "mixup": 0.0, "init": "random"},
