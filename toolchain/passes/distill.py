@@ -16,7 +16,7 @@ defaults (T = 2, alpha = 0.5, the fine-tuning passes' own self-distillation
 weights; mixup 0.2; no features) were chosen on digits only;
 ``benchmarks/suite/distill.py`` judges them at equal epochs on data sets they
 never saw (one teacher per seed). The teacher initialization does most of the
-work; the soft loss beyond it helped on one of five judged sets and cost up to
+work; the soft loss beyond it helped on two of six judged sets and cost up to
 6 pt on another (make_gaussian_quantiles shells, whose teacher is 77% right
 with a mean top probability of 0.93), so a build measures a distilled student
 as any other candidate.
