@@ -1,4 +1,5 @@
-"""What every benchmark in this folder shares: the facts of the host it ran on, and its JSON.
+"""What every benchmark in this folder shares: the facts of the host it ran on, its JSON,
+and the split of a generated data set.
 
 Each script here is run as ``python benchmarks/suite/NAME.py`` (so this folder is
 on ``sys.path``) and ends with ``write_result(out, payload)``. The payload's
@@ -17,6 +18,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def last_rows_held_out(x: Any, y: Any, rows: int, source: str) -> Any:
+    """A generated set's last ``rows`` rows as the validation split (its rows are in random
+    order already)."""
+    from edgec.data import Dataset
+
+    cut = len(x) - rows
+    return Dataset(x_train=x[:cut], y_train=y[:cut], x_val=x[cut:], y_val=y[cut:], source=source)
 
 
 def mlperf_dir() -> Path:

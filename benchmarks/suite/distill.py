@@ -35,7 +35,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
-from common import RESULTS, host_facts, write_result
+from common import RESULTS, host_facts, last_rows_held_out, write_result
 
 WIDTH = 0.25  # the search ladder's narrower rung, where a narrow student has a real gap
 
@@ -61,7 +61,7 @@ def _signal(seed: int) -> tuple[Any, Any, int]:
     amp = rng.uniform(0.5, 1.5, (n, 1))
     x = amp * np.sin(2 * np.pi * (f0 * t + 2 * t**2) + phase) + rng.standard_normal((n, length))
     x = x[..., None].astype(np.float32)
-    data = _last_rows_held_out(x, y, 1000, "synthetic chirps: 8 classes, noise sigma 1, seeded")
+    data = last_rows_held_out(x, y, 1000, "synthetic chirps: 8 classes, noise sigma 1, seeded")
     model = keras.Sequential(
         [
             keras.Input((length, 1)),
@@ -96,7 +96,7 @@ def _waveforms(seed: int) -> tuple[Any, Any, int]:
     )
     x = amp * waves[y, np.arange(n)] + 0.4 * rng.standard_normal((n, length))
     x = x[..., None].astype(np.float32)
-    data = _last_rows_held_out(x, y, 1500, "synthetic waveforms: 4 shapes, noise sigma 0.4, seeded")
+    data = last_rows_held_out(x, y, 1500, "synthetic waveforms: 4 shapes, noise sigma 0.4, seeded")
     model = keras.Sequential(
         [
             keras.Input((length, 1)),
@@ -168,7 +168,7 @@ def _shapes(seed: int) -> tuple[Any, Any, int]:
             shape = (bar_y & (np.abs(dx) <= r)) | (bar_x & (np.abs(dy) <= r))
         x[i] = rng.uniform(0.5, 1.0) * shape + 0.4 * rng.standard_normal((size, size))
     source = "synthetic shape outlines 16x16: 4 classes, noise sigma 0.4, seeded"
-    data = _last_rows_held_out(x[..., None], y, 1500, source)
+    data = last_rows_held_out(x[..., None], y, 1500, source)
     model = keras.Sequential(
         [
             keras.Input((size, size, 1)),
@@ -223,15 +223,6 @@ def _table_mlp(x: Any, y: Any, source: str, name: str) -> tuple[Any, Any, int]:
         name=name,
     )
     return data, _fit(model, data, 40), 40
-
-
-def _last_rows_held_out(x: Any, y: Any, rows: int, source: str) -> Any:
-    """A generated set's last ``rows`` rows as the validation split (the rows are in random
-    order already)."""
-    from edgec.data import Dataset
-
-    cut = len(x) - rows
-    return Dataset(x_train=x[:cut], y_train=y[:cut], x_val=x[cut:], y_val=y[cut:], source=source)
 
 
 def _fit(model: Any, data: Any, epochs: int) -> Any:

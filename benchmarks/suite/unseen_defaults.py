@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, host_facts, write_result
+from common import RESULTS, host_facts, last_rows_held_out, write_result
 
 PASSES = ("prune", "prune-channels", "lowrank", "cluster", "qat", "distill")
 BOUND_PT = 1.0
@@ -76,8 +76,6 @@ def _tables() -> list[tuple[str, Any]]:
 
 def signal_data(n: int = 1600, length: int = 128, seed: int = 0):
     """Noisy chirps: class c sweeps from 2+2c to 6+2c cycles, random phase and amplitude."""
-    from edgec.data import Dataset
-
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, length, dtype=np.float32)
     y = rng.integers(0, 4, n)
@@ -86,10 +84,7 @@ def signal_data(n: int = 1600, length: int = 128, seed: int = 0):
     amp = rng.uniform(0.5, 1.5, (n, 1))
     x = amp * np.sin(2 * np.pi * (f0 * t + 2 * t**2) + phase)
     x = (x + 0.8 * rng.standard_normal((n, length)))[..., None].astype(np.float32)
-    cut = int(0.75 * n)
-    return Dataset(
-        x_train=x[:cut], y_train=y[:cut], x_val=x[cut:], y_val=y[cut:], source="synthetic chirps"
-    )
+    return last_rows_held_out(x, y, n - int(0.75 * n), "synthetic chirps")
 
 
 def _mlp(features: int, classes: int):

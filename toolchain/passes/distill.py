@@ -328,14 +328,14 @@ class DistillPass(KerasPass):
             )
         epochs = max(1, scaled_epochs(p.epochs, ctx))
         trained = distill(model, student, ctx, p, epochs, kept)
+        data = ctx.data
         details: dict[str, Any] = {
             "student": source,
             "teacher_params": count_params(model),
             "student_params": count_params(trained),
             "epochs": epochs,
+            "train_accuracy": round(accuracy(trained, data.x_train, data.y_train), 4),
         }
-        data = ctx.data
-        details["train_accuracy"] = round(accuracy(trained, data.x_train, data.y_train), 4)
         if data.y_val is not None:
             details["teacher_val_accuracy"] = round(accuracy(model, data.x_val, data.y_val), 4)
             details["student_val_accuracy"] = round(accuracy(trained, data.x_val, data.y_val), 4)
