@@ -16,7 +16,13 @@ from edgec.data import Dataset, demo_dataset
 from edgec.errors import RecipeError, UnsupportedModelError
 from edgec.modelinfo import read_model
 from edgec.passes import get_pass
-from edgec.passes.prune_channels import PruneChannelsParams, PruneChannelsPass, keep_count
+from edgec.passes.prune_channels import (
+    MEAN_ROWS,
+    PruneChannelsParams,
+    PruneChannelsPass,
+    keep_count,
+    narrow,
+)
 from edgec.pipeline import PassContext, PassManager, count_params
 from edgec.profiles import Quantization
 from edgec.runtime import TFLiteModel
@@ -73,6 +79,33 @@ def test_removing_dead_channels_is_exact_across_add_and_concat(digits) -> None:
     assert count_params(new) < 0.5 * count_params(model)
     x = digits.x_val[:64]
     np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_mean_replacement_keeps_every_linear_consumers_mean(digits) -> None:
+    """The removed channels' mean goes into a Dense bias and, past a bias-free 1x1 conv, into
+    the moving mean of its BatchNormalization: the mean logits over the rows are kept."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, use_bias=False, name="a")(inp)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn_a")(x))
+    x = keras.layers.Conv2D(8, 1, use_bias=False, name="b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization(name="bn_b")(x))
+    model = keras.Model(inp, keras.layers.Dense(10, name="out")(x))  # logits: all linear after b
+    params = PruneChannelsParams(sparsity=0.5, round_to=1, epochs=0)
+    rows = digits.x_train[:MEAN_ROWS]
+    kept, _ = narrow(model, params, rows)
+    dropped, _ = narrow(model, params)
+    assert kept.get_layer("b").filters == 4 and kept.get_layer("bn_a").gamma.shape[0] == 8
+
+    def mean_logits(m: keras.Model) -> np.ndarray:
+        return m.predict(rows, verbose=0).mean(axis=0)
+
+    want = mean_logits(model)
+    np.testing.assert_allclose(mean_logits(kept), want, atol=1e-4)
+    assert np.abs(mean_logits(dropped) - want).max() > 0.05  # without it the mean moves
+    # The pass compensates with the same rows before it fine-tunes.
+    passed = PruneChannelsPass(params).run(model, _ctx(digits)).model
+    np.testing.assert_allclose(passed.predict(rows, verbose=0), kept.predict(rows, verbose=0))
 
 
 def test_fine_tuned_residual_bn_model_has_fewer_macs_and_bytes_in_litert(digits) -> None:

@@ -29,6 +29,49 @@ def last_rows_held_out(x: Any, y: Any, rows: int, source: str) -> Any:
     return Dataset(x_train=x[:cut], y_train=y[:cut], x_val=x[cut:], y_val=y[cut:], source=source)
 
 
+def standardized_table(x: Any, y: Any, source: str) -> Any:
+    """A table's seeded 25% validation split, standardized by the training rows' statistics."""
+    import numpy as np
+
+    from edgec.data import Dataset, split_train_val
+
+    xt, yt, xv, yv = split_train_val(x.astype(np.float32), y.astype(np.int64), 0.25, 0)
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    return Dataset(
+        x_train=(xt - mean) / std,
+        y_train=yt,
+        x_val=(xv - mean) / std,
+        y_val=yv,
+        source=f"{source}, standardized",
+    )
+
+
+def shells_table() -> Any:
+    """scikit-learn make_gaussian_quantiles: 6 nested shells in 12 dimensions, 6,000 rows."""
+    from sklearn.datasets import make_gaussian_quantiles
+
+    x, y = make_gaussian_quantiles(n_samples=6000, n_features=12, n_classes=6, random_state=5)
+    return standardized_table(x, y, "scikit-learn make_gaussian_quantiles (12 features, 6 shells)")
+
+
+def classification_table() -> Any:
+    """scikit-learn make_classification: 24 features, 8 classes, 6,000 rows."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=6000,
+        n_features=24,
+        n_informative=16,
+        n_redundant=4,
+        n_classes=8,
+        n_clusters_per_class=2,
+        class_sep=1.2,
+        flip_y=0.01,
+        random_state=7,
+    )
+    return standardized_table(x, y, "scikit-learn make_classification (24 features, 8 classes)")
+
+
 def mlperf_dir() -> Path:
     """``shared/models/mlperf-tiny`` beside the checkout or beside a folder above it (worktrees)."""
     for parent in REPO.parents:

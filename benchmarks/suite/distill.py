@@ -35,7 +35,15 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
-from common import RESULTS, host_facts, last_rows_held_out, write_result
+from common import (
+    RESULTS,
+    classification_table,
+    host_facts,
+    last_rows_held_out,
+    shells_table,
+    standardized_table,
+    write_result,
+)
 
 WIDTH = 0.25  # the search ladder's narrower rung, where a narrow student has a real gap
 
@@ -114,33 +122,13 @@ def _waveforms(seed: int) -> tuple[Any, Any, int]:
 
 def _tabular(seed: int) -> tuple[Any, Any, int]:
     """scikit-learn make_classification: 6,000 rows, 8 classes, 1,500 validation rows."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(
-        n_samples=6000,
-        n_features=24,
-        n_informative=16,
-        n_redundant=4,
-        n_classes=8,
-        n_clusters_per_class=2,
-        class_sep=1.2,
-        flip_y=0.01,
-        random_state=7,
-    )
-    return _table_mlp(
-        x, y, "scikit-learn make_classification (24 features, 8 classes)", "tabular_mlp"
-    )
+    return _table_mlp(classification_table(), "tabular_mlp")
 
 
 def _shells(seed: int) -> tuple[Any, Any, int]:
     """scikit-learn make_gaussian_quantiles: 6 nested shells in 12 dimensions, 6,000 rows,
     1,500 validation rows; a radial boundary, unlike make_classification's clusters."""
-    from sklearn.datasets import make_gaussian_quantiles
-
-    x, y = make_gaussian_quantiles(n_samples=6000, n_features=12, n_classes=6, random_state=5)
-    return _table_mlp(
-        x, y, "scikit-learn make_gaussian_quantiles (12 features, 6 shells)", "shells_mlp"
-    )
+    return _table_mlp(shells_table(), "shells_mlp")
 
 
 def _shapes(seed: int) -> tuple[Any, Any, int]:
@@ -195,30 +183,20 @@ def _hastie(seed: int) -> tuple[Any, Any, int]:
     from sklearn.datasets import make_hastie_10_2
 
     x, y = make_hastie_10_2(n_samples=6000, random_state=9)
-    return _table_mlp(x, (y > 0).astype(np.int64), "scikit-learn make_hastie_10_2", "hastie_mlp")
+    y = (y > 0).astype(np.int64)
+    return _table_mlp(standardized_table(x, y, "scikit-learn make_hastie_10_2"), "hastie_mlp")
 
 
-def _table_mlp(x: Any, y: Any, source: str, name: str) -> tuple[Any, Any, int]:
-    """A standardized 25% validation split of a table and its 256-128 MLP teacher (40 epochs)."""
+def _table_mlp(data: Any, name: str) -> tuple[Any, Any, int]:
+    """A table's 256-128 MLP teacher (40 epochs)."""
     import keras
 
-    from edgec.data import Dataset, split_train_val
-
-    xt, yt, xv, yv = split_train_val(x.astype(np.float32), y.astype(np.int64), 0.25, 0)
-    mean, std = xt.mean(0), xt.std(0) + 1e-6
-    data = Dataset(
-        x_train=(xt - mean) / std,
-        y_train=yt,
-        x_val=(xv - mean) / std,
-        y_val=yv,
-        source=f"{source}, standardized",
-    )
     model = keras.Sequential(
         [
-            keras.Input((x.shape[1],)),
+            keras.Input((data.x_train.shape[1],)),
             keras.layers.Dense(256, activation="relu"),
             keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(int(y.max()) + 1, activation="softmax"),
+            keras.layers.Dense(int(data.y_train.max()) + 1, activation="softmax"),
         ],
         name=name,
     )

@@ -1,9 +1,12 @@
 """Each pass at its defaults on models and data it was not tuned on, as Keras and as the artifact.
 
-The defaults were tuned on digits only. Here: MLPs on scikit-learn's wine and
-breast-cancer tables (standardized, stratified 30% validation split) and a
+The defaults were tuned on digits. Here: 256-128 MLPs on scikit-learn's wine
+and breast-cancer tables (standardized, stratified 30% validation split), a
 Conv1D CNN on a synthetic 1-D signal set generated here (4 classes of noisy
-chirps, seeded). For each pass (prune, prune-channels, lowrank, cluster, qat,
+chirps, seeded), and MLPs on two generated tables, the distill benchmark's
+make_gaussian_quantiles shells and make_classification (25% validation split).
+Each original model is seeded and kernels are deterministic, so a run repeats.
+For each pass (prune, prune-channels, lowrank, cluster, qat,
 distill) at its defaults, two drops on the validation split, in points:
 
 - ``float``: Keras float32 accuracy of the original minus that of the pass's
@@ -11,7 +14,12 @@ distill) at its defaults, two drops on the validation split, in points:
 - ``int8``: accuracy of the original's float32 ``.tflite`` minus that of the
   pass's full-int8 ``.tflite`` (what the device runs), both run by LiteRT on
   this host; ``plain_int8_drop_pt`` is the same for the original with no pass,
-  the quantization's own share.
+  the quantization's own share, and ``int8_beyond_plain_pt`` the rest, the pass's.
+
+A default is met on a case when its mean ``float`` drop and its mean int8 drop
+beyond plain int8 are both within 1 pt (``met_shipped_int8`` also asks the whole
+int8 drop to be). ``met`` counts only the cases the default was not tuned on
+(``role: judged``; ``TUNED_ON`` names the others).
 
 Writes benchmarks/results/unseen_defaults.json (``compression.py`` runs this
 too and writes the same file).
@@ -39,13 +47,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, host_facts, last_rows_held_out, write_result
+from common import (
+    RESULTS,
+    classification_table,
+    host_facts,
+    last_rows_held_out,
+    shells_table,
+    write_result,
+)
 
 PASSES = ("prune", "prune-channels", "lowrank", "cluster", "qat", "distill")
 BOUND_PT = 1.0
 # One run's drop moves by about a point between seeds (a validation row is 0.25-1.85 pt), as
 # much as the bound: a default is judged on its mean over these pass seeds.
 SEEDS = (0, 1, 2)
+# The cases a pass's defaults were chosen on here (beside digits, which every default saw):
+# the shells' losses led to global pruning, mean replacement and longer cluster tuning.
+# Their rows say "role": "tuned", and "met" judges only the other ("judged") rows.
+TUNED_ON = {pid: ("shells_mlp",) for pid in ("prune", "prune-channels", "cluster")}
 
 
 def _tables() -> list[tuple[str, Any]]:
@@ -72,6 +91,11 @@ def _tables() -> list[tuple[str, Any]]:
             )
         )
     return out
+
+
+def _synthetic_tables() -> list[tuple[str, Any]]:
+    """The distill benchmark's shells and make_classification tables (the same data)."""
+    return [("shells_mlp", shells_table()), ("tabular_mlp", classification_table())]
 
 
 def signal_data(n: int = 1600, length: int = 128, seed: int = 0):
@@ -124,6 +148,20 @@ def signal_cnn(
     )
 
 
+def original(name: str, data: Any, *, epochs: int) -> Any:
+    """The case's original model, seeded (its initial weights and shuffles) and trained."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if name == "signal_conv1d":
+        model = signal_cnn()
+    else:
+        model = _mlp(data.x_train.shape[1], int(data.y_train.max()) + 1)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x_train, data.y_train, epochs=epochs, verbose=0, batch_size=32)
+    return model
+
+
 def _artifact_accuracy(model, data, quantization: str, threads: int) -> float:
     from edgec.convert import ConvertOptions, convert
     from edgec.evaluate import evaluate
@@ -144,26 +182,24 @@ def measure(
 ) -> dict[str, Any]:
     """Every pass's default drops on every unseen case, averaged over the pass's ``seeds``
     (one original model per case); ``targets`` says met/missed per pair, on the means."""
-    import keras
+    import tensorflow as tf
 
     from edgec.errors import EdgecError
     from edgec.pipeline import PassContext, PassManager
     from edgec.recipe import Step
 
+    # Seeded and deterministic kernels: every original model and pass run repeats exactly.
+    tf.config.experimental.enable_op_determinism()
     start = time.perf_counter()
     scale = 0.25 if quick else 1.0
-    cases = [
-        (name, d, _mlp(d.x_train.shape[1], int(d.y_train.max()) + 1), 40) for name, d in _tables()
-    ]
-    cases.append(("signal_conv1d", signal_data(), signal_cnn(), 20))
+    # name, data, epochs; the original model is built (seeded) and trained in the loop.
+    cases = [(name, d, 40) for name, d in _tables()]
+    cases.append(("signal_conv1d", signal_data(), 20))
+    cases += [(name, d, 40) for name, d in _synthetic_tables()]
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    for name, data, model, epochs in cases:
-        keras.utils.set_random_seed(0)
-        model.compile("adam", "sparse_categorical_crossentropy")
-        model.fit(
-            data.x_train, data.y_train, epochs=4 if quick else epochs, verbose=0, batch_size=32
-        )
+    for name, data, epochs in cases:
+        model = original(name, data, epochs=4 if quick else epochs)
 
         def acc(m, data=data) -> float:
             return float(np.mean(m.predict(data.x_val, verbose=0).argmax(-1) == data.y_val))
@@ -192,7 +228,9 @@ def measure(
                     int8s.append(100 * (base_f32 - _artifact_accuracy(out, data, "int8", threads)))
             except EdgecError as exc:  # a pass refusing a model is a result, not a crash
                 case["passes"][pid] = {"error": str(exc)}
-                rows.append({"case": name, "pass": pid, "error": str(exc), "met": False})
+                rows.append(
+                    {"case": name, "pass": pid, "role": "judged", "error": str(exc), "met": False}
+                )
                 print(f"  unseen {name}: {pid}: FAILED: {exc}", flush=True)
                 continue
             # + 0.0: a mean of +x, 0 and -x rounds to -0.0, which would read as a loss
@@ -205,13 +243,19 @@ def measure(
                 "float_drop_pt_per_seed": [round(d, 2) for d in floats],
                 "int8_drop_pt_per_seed": [round(d, 2) for d in int8s],
             }
-            met = float_drop <= BOUND_PT and int8_drop <= BOUND_PT
+            # The pass's own share of the int8 drop: the int8 of the original (no pass) loses
+            # plain_int8_drop_pt already, which no pass default causes (QAT's job, or a scheme's).
+            beyond_plain = round(int8_drop - case["plain_int8_drop_pt"], 2) + 0.0
+            case["passes"][pid]["int8_beyond_plain_pt"] = beyond_plain
+            met = float_drop <= BOUND_PT and beyond_plain <= BOUND_PT
             rows.append(
                 {
                     "case": name,
                     "pass": pid,
+                    "role": "tuned" if name in TUNED_ON.get(pid, ()) else "judged",
                     "float_drop_pt": float_drop,
                     "int8_drop_pt": int8_drop,
+                    "int8_beyond_plain_pt": beyond_plain,
                     "worst_int8_drop_pt": round(max(int8s), 2),
                     "met": met,
                 }
@@ -229,13 +273,18 @@ def measure(
             "every pass at its defaults; float_drop_pt: Keras float32 accuracy on the validation "
             "split, original minus pass; int8_drop_pt: the original's float32 .tflite minus the "
             f"pass's full-int8 .tflite, both run by LiteRT on this host ({threads} thread(s)); "
+            "int8_beyond_plain_pt: int8_drop_pt minus the original's own int8 drop; "
             f"each the mean over pass seeds {list(seeds)} on one original model; "
             "negative = better"
         ),
         "bound_pt": BOUND_PT,
         "seeds": list(seeds),
         "epochs_scale": scale,
-        "met": all(r["met"] for r in rows),
+        "tuned_on": {pid: list(cases) for pid, cases in TUNED_ON.items()},
+        "met": all(r["met"] for r in rows if r["role"] == "judged"),
+        "met_shipped_int8": all(
+            r["met"] and r["int8_drop_pt"] <= BOUND_PT for r in rows if r["role"] == "judged"
+        ),
         "targets": rows,
         "results": results,
         "seconds": round(time.perf_counter() - start, 1),

@@ -34,7 +34,7 @@ class ClusterParams:
     preserve_sparsity: bool = True
     iterations: int = 30  # Lloyd iterations of the k-means
     exclude: tuple[str, ...] = ()  # layer names or layer class names
-    epochs: int = 1
+    epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 1e-4
 

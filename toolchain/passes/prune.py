@@ -56,7 +56,7 @@ class PruneParams:
     end_step: int | None = None  # None: two thirds of the fine-tuning steps
     frequency: int = 10
     power: float = 3.0
-    scope: Scope = Scope.LAYER
+    scope: Scope = Scope.GLOBAL  # one threshold: layers of few, large weights keep more
     exclude: tuple[str, ...] = ()  # layer names or layer class names
     structured_2_4: bool = False  # 2 of every 4 weights along the reduction axis (50%)
     epochs: int = 8

@@ -24,6 +24,14 @@ space; ``global`` one threshold over all normalized scores. Kept counts are
 rounded up to a multiple of ``round_to`` (8 keeps XNNPACK's and CMSIS-NN's
 vectorized paths). The narrower model is rebuilt with ``clone_model``, each
 layer's weights sliced on its kept input and output channels, then fine-tuned.
+
+Mean replacement (Evci et al., 2018): what a removed channel fed each consumer
+on average, over ``MEAN_ROWS`` training rows, is added to the consumer's bias
+(or, without one, taken from the moving mean of the BatchNormalization it
+feeds). Without it a removed channel that carried a near-constant offset moves
+every later activation: on an MLP for nested Gaussian shells, removing a quarter of
+each hidden layer's units left chance accuracy before fine-tuning (16%, from
+77%), and 75% with the offsets kept.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ CHANNELWISE = frozenset(
 )
 # Layers that mix or rescale whole vectors: their input spaces keep their width.
 FREEZING = frozenset({"Softmax", "Rescaling", "Normalization"})
+# Rows of the training data whose mean activations replace the removed channels.
+MEAN_ROWS = 1024
 SUPPORTED = PRODUCERS | MERGES | CHANNELWISE | FREEZING | {"InputLayer", "Flatten", "Concatenate"}
 
 
@@ -326,7 +336,53 @@ def _indices(g: _Graph, layout: Layout, kept: dict[int, np.ndarray]) -> np.ndarr
     return np.concatenate([t * offset + one for t in range(layout.tile)])
 
 
-def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray]) -> Any:
+def input_means(model: Any, g: _Graph, kept: dict[int, np.ndarray], x: np.ndarray) -> dict:
+    """The mean of each Conv/Dense layer's input that loses channels, per input index.
+
+    Averaged over rows (and positions) of ``x`` in the unchanged model: what a removed
+    channel fed its consumer on average, which ``_rebuild`` folds into the consumer's bias.
+    """
+    import keras
+
+    names = [
+        layer.name
+        for layer in model.layers
+        if type(layer).__name__ in PRODUCERS
+        and len(_indices(g, g.inputs[layer.name], kept)) < g.inputs[layer.name].width
+    ]
+    if not names:
+        return {}
+    probe = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
+    outs = probe.predict(x, verbose=0, batch_size=256)
+    outs = outs if isinstance(outs, list) else [outs]
+    return {
+        n: np.asarray(o, np.float64).reshape(-1, o.shape[-1]).mean(axis=0)
+        for n, o in zip(names, outs, strict=True)
+    }
+
+
+def _compensate(
+    model: Any, layer: Any, weights: list[np.ndarray], cin: np.ndarray, mean: np.ndarray
+) -> tuple[list[np.ndarray], Any]:
+    """Mean replacement (Evci et al. 2018): the removed inputs' average contribution,
+    ``sum_removed mean_c * sum_positions W[..., c, :]``, goes into the bias (or, for a
+    layer without one, into the moving mean of the BatchNormalization it feeds).
+
+    Returns the layer's weights and the BatchNormalization to shift (or None), with the
+    shift: exact for Dense, for Conv up to the borders a padded input sees.
+    """
+    removed = np.setdiff1d(np.arange(mean.size), cin)
+    kernel = weights[0].reshape(-1, mean.size, weights[0].shape[-1]).sum(axis=0)
+    shift = mean[removed] @ kernel[removed]
+    if layer.use_bias:
+        return [weights[0], weights[1] + shift.astype(weights[1].dtype), *weights[2:]], None
+    for other in model.layers:
+        if type(other).__name__ == "BatchNormalization" and other.input is layer.output:
+            return weights, (other, shift)
+    return weights, None
+
+
+def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray], means: dict | None = None) -> Any:
     import keras
 
     widths: dict[str, int] = {}
@@ -343,12 +399,22 @@ def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray]) -> Any:
         return layer.__class__.from_config(config)
 
     new = keras.models.clone_model(model, clone_function=resize)
+    shifts: dict[str, np.ndarray] = {}  # BatchNormalization name -> moving-mean shift
     for layer in model.layers:
         weights = [np.asarray(w) for w in layer.get_weights()]
         if not weights:
             continue
         kind = type(layer).__name__
         cin = _indices(g, g.inputs[layer.name], kept)
+        if kind in PRODUCERS and means and layer.name in means:
+            weights, bn = _compensate(model, layer, weights, cin, means[layer.name])
+            if bn is not None:
+                shifts[bn[0].name] = bn[1]
+        if kind == "BatchNormalization" and layer.name in shifts:
+            # moving_mean is the third weight unless center/scale are off: find it by name.
+            for i, w in enumerate(layer.weights):
+                if w.path.endswith("moving_mean"):
+                    weights[i] = weights[i] - shifts[layer.name].astype(weights[i].dtype)
         if kind in PRODUCERS:
             cout = _indices(g, g.outputs[layer.name], kept)
             sliced = [np.take(np.take(weights[0], cin, axis=-2), cout, axis=-1)]
@@ -370,9 +436,12 @@ def kept_channels(model: Any, params: PruneChannelsParams) -> tuple[_Graph, dict
     return g, {r: k for r, k in kept.items() if len(k) < g.width[r]}
 
 
-def narrow(model: Any, params: PruneChannelsParams) -> tuple[Any, dict[str, np.ndarray]]:
+def narrow(
+    model: Any, params: PruneChannelsParams, x: np.ndarray | None = None
+) -> tuple[Any, dict[str, np.ndarray]]:
     """``model`` with its least important channels removed (no fine-tuning), and the kept
     output channels of every Conv/Dense layer by name (all of them where none were removed).
+    Given rows ``x``, the removed channels' mean contribution is kept in the biases.
 
     ``distill`` uses it to start a narrow student from the teacher's own weights.
     """
@@ -382,7 +451,10 @@ def narrow(model: Any, params: PruneChannelsParams) -> tuple[Any, dict[str, np.n
         for space, names in g.producers.items()
         for name in names
     }
-    return (_rebuild(model, g, kept) if kept else copy_model(model)), by_layer
+    if not kept:
+        return copy_model(model), by_layer
+    means = input_means(model, g, kept, x) if x is not None else None
+    return _rebuild(model, g, kept, means), by_layer
 
 
 class PruneChannelsPass(KerasPass):
@@ -405,7 +477,10 @@ class PruneChannelsPass(KerasPass):
                 changed=False,
                 details={"note": "no channel to remove (every space frozen or too narrow)"},
             )
-        new = _rebuild(model, g, kept)
+        rows = ctx.data.x_train[:MEAN_ROWS] if ctx.data is not None else None
+        new = _rebuild(
+            model, g, kept, input_means(model, g, kept, rows) if rows is not None else None
+        )
         per_layer = {}
         for space, names in g.producers.items():
             chosen = kept.get(g.find(space))
