@@ -44,6 +44,15 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 EDGEC = str(Path(sys.executable).with_name("edgec"))
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_python():
+    """Python's Ctrl-C handler, here and in the CLI children: a job a shell starts with ``&``
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="module")
 def cluster(pytestconfig):
     """The session's real head node with 2 CPUs on 127.0.0.1 (tests/raycluster.py)."""
