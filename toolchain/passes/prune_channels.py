@@ -336,13 +336,19 @@ def _indices(g: _Graph, layout: Layout, kept: dict[int, np.ndarray]) -> np.ndarr
     return np.concatenate([t * offset + one for t in range(layout.tile)])
 
 
-def input_means(model: Any, g: _Graph, kept: dict[int, np.ndarray], x: np.ndarray) -> dict:
+def input_means(
+    model: Any, g: _Graph, kept: dict[int, np.ndarray], x: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """The mean of each Conv/Dense layer's input that loses channels, per input index.
 
-    Averaged over rows (and positions) of ``x`` in the unchanged model: what a removed
-    channel fed its consumer on average, which ``_rebuild`` folds into the consumer's bias.
+    Averaged over the first ``MEAN_ROWS`` rows of ``x`` (and positions) in the unchanged
+    model: what a removed channel fed its consumer on average, which ``_rebuild`` folds
+    into the consumer's bias. No rows, no means (nothing is folded).
     """
     import keras
+
+    if x is None:
+        return {}
 
     names = [
         layer.name
@@ -353,7 +359,7 @@ def input_means(model: Any, g: _Graph, kept: dict[int, np.ndarray], x: np.ndarra
     if not names:
         return {}
     probe = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
-    outs = probe.predict(x, verbose=0, batch_size=256)
+    outs = probe.predict(x[:MEAN_ROWS], verbose=0, batch_size=256)
     outs = outs if isinstance(outs, list) else [outs]
     return {
         n: np.asarray(o, np.float64).reshape(-1, o.shape[-1]).mean(axis=0)
@@ -382,7 +388,9 @@ def _compensate(
     return weights, None
 
 
-def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray], means: dict | None = None) -> Any:
+def _rebuild(
+    model: Any, g: _Graph, kept: dict[int, np.ndarray], means: dict[str, np.ndarray]
+) -> Any:
     import keras
 
     widths: dict[str, int] = {}
@@ -406,7 +414,7 @@ def _rebuild(model: Any, g: _Graph, kept: dict[int, np.ndarray], means: dict | N
             continue
         kind = type(layer).__name__
         cin = _indices(g, g.inputs[layer.name], kept)
-        if kind in PRODUCERS and means and layer.name in means:
+        if kind in PRODUCERS and layer.name in means:
             weights, bn = _compensate(model, layer, weights, cin, means[layer.name])
             if bn is not None:
                 shifts[bn[0].name] = bn[1]
@@ -441,7 +449,7 @@ def narrow(
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """``model`` with its least important channels removed (no fine-tuning), and the kept
     output channels of every Conv/Dense layer by name (all of them where none were removed).
-    Given rows ``x``, the removed channels' mean contribution is kept in the biases.
+    Given training rows ``x``, the removed channels' mean contribution is kept in the biases.
 
     ``distill`` uses it to start a narrow student from the teacher's own weights.
     """
@@ -453,8 +461,7 @@ def narrow(
     }
     if not kept:
         return copy_model(model), by_layer
-    means = input_means(model, g, kept, x) if x is not None else None
-    return _rebuild(model, g, kept, means), by_layer
+    return _rebuild(model, g, kept, input_means(model, g, kept, x)), by_layer
 
 
 class PruneChannelsPass(KerasPass):
@@ -477,9 +484,10 @@ class PruneChannelsPass(KerasPass):
                 changed=False,
                 details={"note": "no channel to remove (every space frozen or too narrow)"},
             )
-        rows = ctx.data.x_train[:MEAN_ROWS] if ctx.data is not None else None
+        # Seeded random inputs (no --data) say nothing of what a channel carries on average.
+        real = ctx.data is not None and not ctx.data.synthetic
         new = _rebuild(
-            model, g, kept, input_means(model, g, kept, rows) if rows is not None else None
+            model, g, kept, input_means(model, g, kept, ctx.data.x_train if real else None)
         )
         per_layer = {}
         for space, names in g.producers.items():
