@@ -3,9 +3,14 @@ and the split of a generated data set.
 
 Each script here is run as ``python benchmarks/suite/NAME.py`` (so this folder is
 on ``sys.path``) and ends with ``write_result(out, payload)``. The payload's
-``host`` block says what measured the figures: machine, cores, Python, the load
-average before and after (these machines are shared, so a ratio measured side by
-side is the figure to read, never an absolute time).
+``host`` block says what measured the figures: machine, CPU model and its vector
+extensions, cores, Python and the numeric packages, the load average before and
+after (these machines are shared, so a ratio measured side by side is the figure
+to read, never an absolute time). A seeded run with deterministic kernels repeats
+exactly only on the same CPU and versions: TensorFlow's kernels take the code path
+the CPU offers, and another one rounds differently (the distill benchmark's chirps
+teachers, trained on another machine, moved by 0.2-1.5 pt; in fresh processes on
+one machine they repeat to the last digit).
 """
 
 from __future__ import annotations
@@ -80,13 +85,37 @@ def mlperf_dir() -> Path:
     return REPO.parent / "shared/models/mlperf-tiny"
 
 
+# Vector extensions that change which kernels TensorFlow, XNNPACK and numpy run.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+PACKAGES = ("tensorflow", "keras", "ai-edge-litert", "numpy", "scikit-learn")
+
+
 def host_facts() -> dict[str, Any]:
     """The host the benchmark ran on; call it when the run starts, so the load is the start's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu, flags = "", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not cpu:
+            cpu = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
     return {
         "where": "host",
         "machine": platform.machine(),
+        "cpu": cpu or platform.processor(),
+        "cpu_vector_flags": [f for f in VECTOR_FLAGS if f in flags],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "packages": packages,
         "load_1min_at_start": round(os.getloadavg()[0], 2),
     }
 

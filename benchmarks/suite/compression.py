@@ -56,7 +56,6 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_ratios import steady_median_ms
@@ -364,7 +363,6 @@ def main() -> None:
     folder = RESULTS if full else Path(tempfile.gettempdir())
     out = args.out or folder / ("compression.json" if full else "compression-partial.json")
 
-    import keras
     import unseen_defaults
 
     start = time.perf_counter()
@@ -410,7 +408,6 @@ def main() -> None:
         "targets": targets(cases, unseen),
         "device_cases": cases,
         "unseen_defaults": unseen,
-        "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "seconds": round(time.perf_counter() - start, 1),
         "host": host,
     }

@@ -9,11 +9,14 @@ same epochs, batch size and best-epoch choice on held-out training rows:
 - ``alone_teacher_init``: labels only, started from the teacher's sliced channels
   (``init = teacher``), the fair baseline for the defaults, which start there too;
 - ``distilled_random_init``: the pass's defaults but a fresh student (logits alone);
-- ``distilled``: the pass's defaults.
+- ``distilled``: the pass's defaults;
+- ``distilled_no_mixup``: the defaults without mixup (``mixup = 0``), to weigh it.
 
 ``gap_closed`` = (distilled - alone) / (teacher - alone), on the means over seeds
 (teachers included), for each baseline. Kernels are deterministic, so a run
-repeats exactly. Accuracy is Keras float32 top-1 on the validation split, on the
+repeats exactly on the same CPU and versions (the ``host`` block), in any process:
+``--merge`` combines runs, and the conditions of one case only where its teachers
+are equal. Accuracy is Keras float32 top-1 on the validation split, on the
 host. The defaults were tuned on ``digits_cnn`` only (``role: tuned``); the other
 data sets (``role: judged``) never fed a choice of default. ``shapes_cnn`` and
 ``hastie_mlp`` were added after the first four had been used to compare mixup
@@ -227,6 +230,7 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "alone_teacher_init": {"alpha": 0.0, "mixup": 0.0, "init": "teacher"},
     "distilled_random_init": {"init": "random"},
     "distilled": {},
+    "distilled_no_mixup": {"mixup": 0.0},
 }
 
 
@@ -285,20 +289,49 @@ def run_case(
             for cond in conditions
         },
     }
-    c = out["conditions"]
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return _with_gaps(out)
+
+
+def _with_gaps(case: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with its ``gap_*`` figures (re)computed from the condition means."""
+    case = {k: v for k, v in case.items() if not k.startswith("gap_")}
+    c, teacher_acc = case["conditions"], case["teacher_accuracy"]
     for alone in ("alone_random", "alone_teacher_init"):
-        for dist in ("distilled", "distilled_random_init"):
+        for dist in ("distilled", "distilled_no_mixup", "distilled_random_init"):
             if alone in c and dist in c:
                 gap = teacher_acc - c[alone]["mean"]
                 frac = (c[dist]["mean"] - c[alone]["mean"]) / gap if gap > 0 else None
-                out[f"gap_closed_{dist}_vs_{alone}"] = None if frac is None else round(frac, 3)
-    out["gap_pt_alone_teacher_init"] = (
+                case[f"gap_closed_{dist}_vs_{alone}"] = None if frac is None else round(frac, 3)
+    case["gap_pt_alone_teacher_init"] = (
         round(100 * (teacher_acc - c["alone_teacher_init"]["mean"]), 2)
         if "alone_teacher_init" in c
         else None
     )
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+    return case
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cases of earlier runs' JSON. A case in several runs gets the conditions of all of
+    them (where two measured one condition, the first file's), which needs the same teachers:
+    equal per-seed accuracies, as deterministic kernels give in any process."""
+    cases: dict[str, Any] = {}
+    for part in reversed(parts):  # the last file first, so an earlier file's condition wins
+        for name, case in part["cases"].items():
+            if name in cases:
+                if cases[name]["teacher_accuracy_per_seed"] != case["teacher_accuracy_per_seed"]:
+                    raise SystemExit(
+                        f"--merge: {name} has other teachers in another run "
+                        f"({cases[name]['teacher_accuracy_per_seed']} against "
+                        f"{case['teacher_accuracy_per_seed']}); its conditions cannot be combined"
+                    )
+                case = {
+                    **case,
+                    "conditions": {**cases[name]["conditions"], **case["conditions"]},
+                    "seconds": round(cases[name]["seconds"] + case["seconds"], 1),
+                }
+            cases[name] = _with_gaps(case)
+    return cases
 
 
 def _value(text: str) -> Any:
@@ -342,14 +375,18 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="pass overrides KEY=VALUE (tuning)")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     parser.add_argument(
-        "--merge", type=Path, nargs="+", help="combine the cases of earlier runs' JSON into --out"
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine earlier runs' JSON into --out: their cases, and for a case measured in "
+        "several runs with the same teachers its conditions (the first file's win)",
     )
     args = parser.parse_args()
     if args.merge:
         import json
 
         parts = [json.loads(path.read_text()) for path in args.merge]
-        payload = {**parts[0], "cases": {k: v for p in parts for k, v in p["cases"].items()}}
+        payload = {**parts[0], "cases": _merged(parts)}
         payload["seconds"] = sum(p["seconds"] for p in parts)
         payload["runs"] = [  # an earlier merge brings its own runs
             run

@@ -188,7 +188,8 @@ def measure(
     from edgec.pipeline import PassContext, PassManager
     from edgec.recipe import Step
 
-    # Seeded and deterministic kernels: every original model and pass run repeats exactly.
+    # Seeded and deterministic kernels: every original model and pass run repeats exactly
+    # on the same CPU and versions (the host block; another machine rounds differently).
     tf.config.experimental.enable_op_determinism()
     start = time.perf_counter()
     scale = 0.25 if quick else 1.0
