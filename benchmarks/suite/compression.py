@@ -56,7 +56,6 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_ratios import steady_median_ms
 from common import RESULTS, host_facts, write_result

@@ -298,7 +298,7 @@ def _with_gaps(case: dict[str, Any]) -> dict[str, Any]:
     case = {k: v for k, v in case.items() if not k.startswith("gap_")}
     c, teacher_acc = case["conditions"], case["teacher_accuracy"]
     for alone in ("alone_random", "alone_teacher_init"):
-        for dist in ("distilled", "distilled_no_mixup", "distilled_random_init"):
+        for dist in (cond for cond in CONDITIONS if not cond.startswith("alone_")):
             if alone in c and dist in c:
                 gap = teacher_acc - c[alone]["mean"]
                 frac = (c[dist]["mean"] - c[alone]["mean"]) / gap if gap > 0 else None
