@@ -318,6 +318,12 @@ _RAY_ADDRESS = click.option(
     help="Use this quantization scheme instead of each target profile's (one build).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--epochs-scale",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Scale every pass's fine-tuning epochs (default 1; 0.25: a quick first search). "
+    "The manifest records it.",
+)
 @_executor_option("Where the search's candidates run")
 @_RAY_ADDRESS
 @click.option(
@@ -355,6 +361,7 @@ def build(
     calibration_size: int,
     quantization: str | None,
     seed: int,
+    epochs_scale: float | None,
     executor: str,
     ray_address: str | None,
     firmware_elf: Path | None,
@@ -367,11 +374,17 @@ def build(
     from edgec.errors import UsageError
 
     if replay is not None and (
-        model is None or targets or recipe or overrides or quantization or objective
+        model is None
+        or targets
+        or recipe
+        or overrides
+        or quantization
+        or objective
+        or epochs_scale is not None
     ):
         raise UsageError(
             "--from-manifest takes MODEL (and --data), and no --target, --recipe, --pass, "
-            "--quantization or --objective: the manifest records those"
+            "--quantization, --objective or --epochs-scale: the manifest records those"
         )
 
     options = {
@@ -383,6 +396,7 @@ def build(
         "keep_failed": keep_failed,
         "calibration_size": calibration_size,
         "seed": seed,
+        "epochs_scale": 1.0 if epochs_scale is None else epochs_scale,
         "executor": executor,
         "ray_address": ray_address,
         "quantization": None if quantization is None else Quantization(quantization),
