@@ -604,7 +604,10 @@ def run_stages(ctx: TargetContext, stages: tuple[Stage, ...]) -> None:
             stage(ctx)
         except EdgecError as exc:
             prefix = f"build {ctx.profile.name}: stage {name!r} failed: "
-            wrapped = type(exc).__new__(type(exc))
+            # The same class (so the exit code), a new message: subclasses' __init__
+            # signatures differ, so the instance is made without calling theirs.
+            kind: Any = type(exc)
+            wrapped = kind.__new__(kind)
             EdgecError.__init__(wrapped, prefix + str(exc))
             raise wrapped from exc
 

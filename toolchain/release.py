@@ -318,7 +318,7 @@ def model_card(items: list[ArtifactData], *, name: str, version: str, failed: li
     ]
     for it in items:
         t = it.manifest.get("target") or {}
-        b = ", ".join(
+        limits = ", ".join(
             f"{k}={fmt_num(v)}"
             for k, v in sorted((t.get("budgets") or {}).items())
             if v is not None
@@ -327,7 +327,7 @@ def model_card(items: list[ArtifactData], *, name: str, version: str, failed: li
             f"| {it.target} | {fmt_num(t.get('description'))} | {fmt_num(t.get('runtime'))}"
             f" | {fmt_num(t.get('arch'))} | {fmt_num(t.get('quantization'))} | "
             f"{fmt_num(t.get('input_dtype'))}/{fmt_num(t.get('output_dtype'))} | "
-            f"{b or '–'} |"
+            f"{limits or '–'} |"
         )
 
     lines += ["", "## Compression applied", ""]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgec.errors import InputError
 from edgec.files import write_atomic
@@ -227,7 +227,7 @@ def render_dir(path: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ numbers
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -36,6 +36,12 @@ def normalize_arch(machine: str | None) -> str | None:
     return _ARCH_ALIASES.get(m, m)
 
 
+def doc_section(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The harness document's table ``key``; {} when it is absent or not a table."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _get(d: Mapping[str, Any], key: str, types: Any, where: str, *, optional: bool = False) -> Any:
     if key not in d or d[key] is None:
         if optional:
@@ -211,10 +217,10 @@ class Measured:
         arch_mismatch: bool = False,
     ) -> Measured:
         """From a harness document (its ``machine`` section, else the older ``platform``)."""
-        machine = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
-        platform = doc.get("platform") if isinstance(doc.get("platform"), dict) else {}
-        rt = doc.get("runtime") if isinstance(doc.get("runtime"), dict) else {}
-        emu = machine.get("emulated") if isinstance(machine.get("emulated"), dict) else {}
+        machine = doc_section(doc, "machine")
+        platform = doc_section(doc, "platform")
+        rt = doc_section(doc, "runtime")
+        emu = doc_section(machine, "emulated")
         return cls(
             where=where,
             arch=normalize_arch(machine.get("arch") or platform.get("machine")),

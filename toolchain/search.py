@@ -55,6 +55,7 @@ row of ``SearchResult.table``, with its objective figures.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import tempfile
 import time
@@ -103,7 +104,9 @@ class Measurement:
     # The smallest arena TFLM loads and runs the candidate in (>= arena_bytes: init may need
     # temporaries); measured only when a RAM budget judges the candidate, else None.
     arena_required_bytes: int | None = None
-    content: bytes | None = None  # the .tflite measured; only the chosen candidate keeps it
+    # The .tflite measured; only the chosen candidate keeps it (builtins: the field above
+    # named ``bytes`` shadows the type in this class's namespace).
+    content: builtins.bytes | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -643,6 +646,7 @@ def _side_by_side(
         if o in ms:
             timed = {"host_latency_ms": round(ms[o], 4), "latency_timing": "side by side"}
             kept[o] = (dataclasses.replace(kept[o][0], **timed), kept[o][1])
+            assert c.measurement is not None  # only measured candidates are timed
             c = dataclasses.replace(c, measurement=dataclasses.replace(c.measurement, **timed))
         out.append((o, c))
     return out

@@ -39,7 +39,14 @@ from edgec.deploy.publish import deployment, planned_uploads
 from edgec.deploy.transport import Transfer, Transport, connect, transfer_for
 from edgec.errors import DeviceError, EdgecError, InputError
 from edgec.profiles import Budgets
-from edgec.results import BENCH_SCHEMA, BenchBudgets, BenchResult, Measured, normalize_arch
+from edgec.results import (
+    BENCH_SCHEMA,
+    BenchBudgets,
+    BenchResult,
+    Measured,
+    doc_section,
+    normalize_arch,
+)
 
 HARNESS_RUNTIME = {"tflite-runtime": "tflite_runtime"}
 
@@ -284,7 +291,7 @@ def bench_one(
                         f"could not start after deploying: {exc}"
                     ) from None
             dep = deployment(device, transport.label, python, pubs)
-            machine = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
+            machine = doc_section(doc, "machine")
             mismatch = check_arch(
                 device,
                 transport.label,

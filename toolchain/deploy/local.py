@@ -9,6 +9,7 @@ harness and anything it started.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -105,12 +106,10 @@ class LocalTransport:
             # In a thread, so that the timeout below also bounds a child that stops reading.
             threading.Thread(target=_feed, args=(proc, stdin, progress), daemon=True).start()
         timed_out = False
-        assert proc.stdout is not None
+        stdout = proc.stdout
+        assert stdout is not None
         out_chunks: list[bytes] = []
-        out_reader = threading.Thread(
-            target=lambda: out_chunks.append(proc.stdout.read()),
-            daemon=True,  # type: ignore[union-attr]
-        )
+        out_reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
         out_reader.start()
         try:
             proc.wait(timeout=timeout)
@@ -145,7 +144,7 @@ def _feed(
     try:
         for path in files:
             with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 16), b""):
+                for chunk in iter(functools.partial(fh.read, 1 << 16), b""):
                     proc.stdin.write(chunk)
                     sent += len(chunk)
                     if progress is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import getpass
 import hashlib
 import logging
@@ -387,7 +388,7 @@ class SSHTransport:
         chan.settimeout(timeout)  # a device that stops reading must not hang us
         for path in files:
             with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 16), b""):
+                for chunk in iter(functools.partial(fh.read, 1 << 16), b""):
                     try:
                         chan.sendall(chunk)
                     except (OSError, EOFError, paramiko.SSHException) as exc:

@@ -195,7 +195,7 @@ def _weight_quant_class(base: type) -> type:
     return WeightFakeQuant
 
 
-def _base_class(layer: Any) -> type:
+def _base_class(layer: Any) -> Any:
     """The ordinary Keras class of ``layer`` (itself unless it is a weight fake-quant one)."""
     kind = type(layer)
     return next((b for b, q in _WEIGHT_QUANT.items() if q is kind), kind)
