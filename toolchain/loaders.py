@@ -211,8 +211,8 @@ def find_code(config: Any, *, legacy: bool = False) -> list[str]:
             return
         cls = node.get("class_name")
         if isinstance(cls, str):
-            config = node.get("config")
-            cfg: dict[str, Any] = config if isinstance(config, dict) else {}
+            raw = node.get("config")
+            cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
             label = f"{cls} {cfg.get('name') or node.get('name') or ''}".strip()
             module = node.get("module")
             package = module.split(".")[0] if isinstance(module, str) and module else None
